@@ -1,0 +1,1 @@
+"""PyTorch ranking models (LASER and its baselines) that take plain arrays."""

@@ -1,0 +1,48 @@
+"""The ``storagebench`` command.
+
+Each subcommand lives in its own module under ``storagebench.cli`` and is imported only when it
+is used, so ``storagebench --help`` stays fast and a missing optional extra (``torch``) breaks only
+the commands that need it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# name -> (module, attribute, one-line help shown by `storagebench --help`)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "workload": ("storagebench.cli.workload", "workload",
+                 "Generate, import and describe user-event workloads."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in SUBCOMMANDS:
+            return None
+        module, attr, _ = SUBCOMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="storagebench")
+def main() -> None:
+    """Benchmark how to store and serve lifelong user-behaviour sequences for ranking.
+
+    Replays realistic user-event workloads against SeqVault and RocksDB LastN stores, measures
+    CPU, latency percentiles and disk, and sizes the fleet. See README.md for a tour.
+    """
+
+
+if __name__ == "__main__":
+    main()

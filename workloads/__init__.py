@@ -1,0 +1,1 @@
+"""Realistic user-event streams: synthetic generators and loaders for real event logs."""
