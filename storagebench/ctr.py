@@ -1,0 +1,243 @@
+"""Build a CTR prediction task from a user-event workload.
+
+Each ranking request sits at the time of one of a user's clicks: the candidates are that click (and,
+with ``positives > 1``, the user's following clicks) as positives plus ``negatives`` items sampled by
+click popularity, each with the category it was clicked under. The request's history is the user's
+events *strictly before* the request time, newest ``max_len`` of them, so nothing from the moment of
+the click or later leaks in. Requests are split by time like the paper (section 4.1.1): train on the
+earliest, validate on the next, test on the latest. Everything is vectorised NumPy and deterministic
+in the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rankers.training import CTRArrays
+
+
+@dataclass(frozen=True)
+class CTRTaskConfig:
+    max_len: int = 256                 # L: newest events kept per history
+    requests_per_user: int = 16        # at most this many click-anchored requests per user
+    min_history: int = 1               # requests need this many earlier events
+    positives: int = 1                 # the click at the request time and the next ones
+    negatives: int = 4                 # popularity-sampled negatives per request
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+    click_action: int | None = None    # action value meaning "click"; None: workloads.ACTIONS["click"]
+    action_field: str = "action"
+    item_field: str = "item_id"
+    time_field: str = "ts"
+    side_fields: tuple[str, ...] = ("action", "scenario", "category")
+    candidate_side_fields: tuple[str, ...] = ("category",)
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1 or self.requests_per_user < 1 or self.positives < 1 or self.negatives < 0:
+            raise ValueError("CTRTaskConfig: max_len, requests_per_user and positives must be >= 1, "
+                             "negatives >= 0")
+        if not (0 <= self.valid_fraction < 1 and 0 < self.test_fraction < 1
+                and self.valid_fraction + self.test_fraction < 1):
+            raise ValueError("CTRTaskConfig: valid_fraction and test_fraction must be in [0, 1) and leave "
+                             "a training share (their sum < 1)")
+        missing = [f for f in self.candidate_side_fields if f not in self.side_fields]
+        if missing:
+            raise ValueError(f"CTRTaskConfig: candidate side fields {missing} must also be history side "
+                             f"fields {self.side_fields}")
+
+
+@dataclass
+class CTRSplits:
+    """Train / valid / test requests over one shared event log, split by request time."""
+
+    train: CTRArrays
+    valid: CTRArrays
+    test: CTRArrays
+    valid_start_ms: int                # first request time of the valid split
+    test_start_ms: int                 # first request time of the test split
+    item_buckets: int                  # raw item ids fit in [0, item_buckets - 1) after the +1 shift
+    side_buckets: dict[str, int]       # side field -> bucket count that holds every value (+1 shift)
+    config: CTRTaskConfig
+
+    def describe(self) -> dict:
+        return {
+            "requests": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+            "candidates_per_request": self.train.num_candidates,
+            "events": len(self.train.events[self.config.time_field]),
+            "valid_start_ms": self.valid_start_ms, "test_start_ms": self.test_start_ms,
+            "item_buckets": self.item_buckets, "side_buckets": self.side_buckets,
+            "positive_rate": float(np.mean(self.train.labels)) if len(self.train) else float("nan"),
+            "config": asdict(self.config),
+        }
+
+
+def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
+                   config: CTRTaskConfig = CTRTaskConfig()) -> CTRSplits:
+    """The CTR task over events ``(user_ids, columns)`` (any order; sorted by (user, time) here)."""
+    cfg = config
+    click = _click_action(cfg)
+    fields = (cfg.item_field, cfg.time_field, *cfg.side_fields)
+    missing = [f for f in (*fields, cfg.action_field) if f not in columns]
+    if missing:
+        raise ValueError(f"build_ctr_task: events lack columns {missing}; have {sorted(columns)}")
+    users = np.asarray(user_ids)
+    ts = np.asarray(columns[cfg.time_field]).astype(np.int64, copy=False)
+    if len(users) != len(ts):
+        raise ValueError(f"build_ctr_task: {len(users)} user ids but {len(ts)} events")
+    if not _grouped_and_sorted(users, ts):
+        order = np.lexsort((ts, users))
+        users, ts = users[order], ts[order]
+        columns = {k: np.asarray(v)[order] for k, v in columns.items()}
+    events = {f: np.asarray(columns[f]).astype(np.int64, copy=False) for f in fields}
+    events[cfg.time_field] = ts
+    action = np.asarray(columns[cfg.action_field])
+    n = len(ts)
+    idx = np.arange(n, dtype=np.int64)
+
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = users[1:] != users[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    # History ends at the first event of the run of equal (user, time): strictly before the request.
+    new_run = new_user.copy()
+    new_run[1:] |= ts[1:] != ts[:-1]
+    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
+
+    clicks = np.flatnonzero(action == click)
+    rng = np.random.default_rng(cfg.seed)
+    anchors = _pick_anchors(clicks, users, user_start, run_start, cfg, rng)  # positions in `clicks`
+    pos_events = clicks[anchors[:, None] + np.arange(cfg.positives)]         # [R, P]
+    anchor_ev = pos_events[:, 0]
+    r = len(anchor_ev)
+
+    neg_events = _sample_negatives(clicks, events[cfg.item_field], pos_events, cfg.negatives, rng)
+    cand_events = np.concatenate([pos_events, neg_events], axis=1)           # [R, C]
+    labels = np.zeros(cand_events.shape, dtype=np.float32)
+    labels[:, :cfg.positives] = 1.0
+    # Shuffle candidate order so no model can learn "the first column is the click".
+    perm = np.argsort(rng.random(cand_events.shape), axis=1)
+    cand_events = np.take_along_axis(cand_events, perm, axis=1)
+    labels = np.take_along_axis(labels, perm, axis=1)
+
+    all_req = CTRArrays(
+        events=events, hist_start=user_start[anchor_ev], hist_end=run_start[anchor_ev],
+        request_time_ms=ts[anchor_ev], cand_item_ids=events[cfg.item_field][cand_events],
+        cand_side={f: events[f][cand_events] for f in cfg.candidate_side_fields}, labels=labels,
+        max_len=cfg.max_len, item_field=cfg.item_field, time_field=cfg.time_field,
+        side_fields=tuple(cfg.side_fields), user_ids=users[anchor_ev])
+
+    # Time split: sort by request time, cut at the requested shares, and move ties at a boundary to
+    # the later split so every train request is strictly earlier than every valid/test request.
+    order = np.argsort(all_req.request_time_ms, kind="stable")
+    t_sorted = all_req.request_time_ms[order]
+    cut_valid = _cut(t_sorted, 1.0 - cfg.valid_fraction - cfg.test_fraction)
+    cut_test = max(cut_valid, _cut(t_sorted, 1.0 - cfg.test_fraction))
+    splits = [all_req.subset(order[a:b]) for a, b in ((0, cut_valid), (cut_valid, cut_test), (cut_test, r))]
+
+    side_buckets = {f: int(events[f].max(initial=0)) + 2 for f in cfg.side_fields}
+    return CTRSplits(
+        train=splits[0], valid=splits[1], test=splits[2],
+        valid_start_ms=int(t_sorted[cut_valid]) if cut_valid < r else 0,
+        test_start_ms=int(t_sorted[cut_test]) if cut_test < r else 0,
+        item_buckets=int(events[cfg.item_field].max(initial=0)) + 2, side_buckets=side_buckets, config=cfg)
+
+
+def ctr_task_from_workload(workload: object, config: CTRTaskConfig = CTRTaskConfig(), *,
+                           max_users: int | None = None, chunk_events: int = 1_000_000) -> CTRSplits:
+    """The CTR task over a workload's backfill events (its users' histories), first ``max_users`` users."""
+    chunks: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    n_users = 0
+    for user_ids, cols in workload.iter_backfill(chunk_events=chunk_events):  # type: ignore[attr-defined]
+        user_ids = np.asarray(user_ids)
+        if max_users is not None:
+            distinct = np.unique(user_ids)
+            room = max_users - n_users
+            if room <= 0:
+                break
+            if len(distinct) > room:
+                keep = np.isin(user_ids, distinct[:room])
+                user_ids, cols = user_ids[keep], {k: np.asarray(v)[keep] for k, v in cols.items()}
+                distinct = distinct[:room]
+            n_users += len(distinct)
+        chunks.append((user_ids, dict(cols)))
+    if not chunks:
+        raise ValueError("the workload has no backfill events to build a CTR task from")
+    return build_ctr_task(*_concat(chunks), config=config)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _click_action(cfg: CTRTaskConfig) -> int:
+    if cfg.click_action is not None:
+        return int(cfg.click_action)
+    from workloads import ACTIONS
+    return int(ACTIONS["click"])
+
+
+def _grouped_and_sorted(users: np.ndarray, ts: np.ndarray) -> bool:
+    """True when each user's events are contiguous and in time order (users in any order)."""
+    if len(users) < 2:
+        return True
+    change = users[1:] != users[:-1]
+    if np.any((ts[1:] < ts[:-1]) & ~change):
+        return False
+    return len(np.unique(users[np.concatenate(([True], change))])) == int(change.sum()) + 1
+
+
+def _pick_anchors(clicks: np.ndarray, users: np.ndarray, user_start: np.ndarray,
+                  run_start: np.ndarray, cfg: CTRTaskConfig, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``requests_per_user`` random eligible click positions per user, in event order."""
+    p = cfg.positives
+    if len(clicks) < p:
+        return np.empty(0, dtype=np.int64)
+    cand = np.arange(len(clicks) - p + 1, dtype=np.int64)
+    click_user = users[clicks]
+    ok = click_user[cand + p - 1] == click_user[cand]          # all P positives belong to the user
+    ok &= (run_start[clicks[cand]] - user_start[clicks[cand]]) >= cfg.min_history
+    cand = cand[ok]
+    if len(cand) == 0:
+        return cand
+    # Rank the eligible clicks of each user in a random order; keep the first k of each user.
+    cand_user = click_user[cand]
+    order = np.lexsort((rng.random(len(cand)), cand_user))
+    grp_first = np.ones(len(order), dtype=bool)
+    grp_first[1:] = cand_user[order][1:] != cand_user[order][:-1]
+    pos = np.arange(len(order))
+    rank = pos - np.maximum.accumulate(np.where(grp_first, pos, 0))
+    return np.sort(cand[order[rank < cfg.requests_per_user]])
+
+
+def _sample_negatives(clicks: np.ndarray, item_ids: np.ndarray, pos_events: np.ndarray, k: int,
+                      rng: np.random.Generator, max_redraws: int = 8) -> np.ndarray:
+    """``k`` click events per request drawn uniformly (so items by click popularity), re-drawing any
+    whose item equals one of the request's positives."""
+    r = len(pos_events)
+    if k == 0 or r == 0:
+        return np.empty((r, k), dtype=np.int64)
+    neg = clicks[rng.integers(0, len(clicks), size=(r, k))]
+    pos_items = item_ids[pos_events]
+    for _ in range(max_redraws):
+        clash = (item_ids[neg][:, :, None] == pos_items[:, None, :]).any(axis=2)
+        if not clash.any():
+            break
+        neg[clash] = clicks[rng.integers(0, len(clicks), size=int(clash.sum()))]
+    return neg
+
+
+def _cut(sorted_times: np.ndarray, share: float) -> int:
+    """Index of the first request at or after the ``share`` quantile, moved past ties at the boundary."""
+    i = round(share * len(sorted_times))
+    if i <= 0 or i >= len(sorted_times):
+        return max(0, min(i, len(sorted_times)))
+    return int(np.searchsorted(sorted_times, sorted_times[i - 1], side="right"))
+
+
+def _concat(chunks: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    chunks = list(chunks)
+    users = np.concatenate([u for u, _ in chunks])
+    names = list(chunks[0][1])
+    return users, {k: np.concatenate([np.asarray(c[k]) for _, c in chunks]) for k in names}
