@@ -1,0 +1,174 @@
+"""RocksDB LastN: the production baseline SeqVault replaced (the paper's "RedLastN").
+
+Key = the user id (8 bytes, big-endian); value = the user's newest ``max_len`` events as decimal
+text (see :mod:`storagebench.stores.text_codec`). An append is a read-modify-write per user: get,
+decode, append, sort, truncate, encode, put (rocksdict exposes no merge operator). The options are
+those a careful operator would choose for point lookups of large values; all go into the result file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import rocksdict as rd
+
+from seqvault.schema import Schema
+from storagebench.stores.base import Store, StoreError, register_store
+from storagebench.stores.sequences import merge_newest, pack_csr, split_by_user
+from storagebench.stores.text_codec import decode_text, encode_text
+
+_COMPRESSION = {"lz4": rd.DBCompressionType.lz4, "zstd": rd.DBCompressionType.zstd,
+                "none": rd.DBCompressionType.none, "snappy": rd.DBCompressionType.snappy}
+_LOCK_STRIPES = 64
+
+
+def user_key(uid: int) -> bytes:
+    return int(uid).to_bytes(8, "big")
+
+
+class RocksStoreBase(Store):
+    """RocksDB tuned for point lookups; subclasses choose the value encoding."""
+
+    thread_safe = True
+
+    def __init__(self, path: str, schema: Schema, *, compression: str = "lz4", bloom_bits_per_key: int = 10,
+                 block_size: int = 16 << 10, write_buffer_bytes: int = 16 << 20,
+                 max_background_jobs: int = 2, **kw: Any) -> None:
+        if compression not in _COMPRESSION:
+            raise StoreError(f"compression {compression!r} is not one of {', '.join(_COMPRESSION)}")
+        super().__init__(path, schema, compression=compression, bloom_bits_per_key=bloom_bits_per_key,
+                         block_size=block_size, write_buffer_bytes=write_buffer_bytes,
+                         max_background_jobs=max_background_jobs, **kw)
+        os.makedirs(self.path, exist_ok=True)
+        opts = rd.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        table = rd.BlockBasedOptions()
+        table.set_bloom_filter(bloom_bits_per_key, False)  # full (not block-based) filter
+        table.set_data_block_index_type(rd.DataBlockIndexType.binary_and_hash())
+        table.set_data_block_hash_ratio(0.75)
+        table.set_block_size(block_size)
+        # Index and filter blocks live in the block cache so the whole DRAM budget is one number,
+        # like SeqVault's index + buffer.
+        table.set_block_cache(rd.Cache(max(self.dram_budget_bytes, 1 << 20)))
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        opts.set_block_based_table_factory(table)
+        opts.set_compression_type(_COMPRESSION[compression]())
+        opts.set_write_buffer_size(write_buffer_bytes)
+        opts.set_max_write_buffer_number(2)
+        opts.set_level_compaction_dynamic_level_bytes(True)
+        opts.set_max_background_jobs(max_background_jobs)
+        opts.set_use_direct_reads(self.direct_io)
+        opts.set_use_direct_io_for_flush_and_compaction(self.direct_io)
+        opts.set_keep_log_file_num(2)
+        self._db = rd.Rdict(self.path, opts)
+        wo = rd.WriteOptions()
+        wo.sync = False  # WAL on, not fsynced per write: the same durability SeqVault gets with sync=False
+        self._db.set_write_options(wo)
+        self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        self._closed = False
+        self.events_appended = 0
+
+    # -- value encoding, per subclass -----------------------------------------------------------
+    def encode_value(self, uid: int, cols: Mapping[str, np.ndarray]) -> bytes:
+        raise NotImplementedError
+
+    def decode_value(self, uid: int, value: bytes) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # -- the contract ---------------------------------------------------------------------------
+    def append(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        user_ids, columns = self.schema.validate(user_ids, columns)
+        for uid, cols in split_by_user(user_ids, columns):
+            key = user_key(uid)
+            # Read-modify-write must not interleave with another writer of the same user.
+            with self._locks[uid % _LOCK_STRIPES]:
+                old = self._db.get(key)
+                merged = merge_newest(None if old is None else self.decode_value(uid, old), cols,
+                                      self.schema, self.max_len)
+                self._db.put(key, self.encode_value(uid, merged))
+        self.events_appended += len(user_ids)
+
+    def bulk_load(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        # The backfill arrives sorted by user with no user spanning chunks: one blind put per user.
+        user_ids, columns = self.schema.validate(user_ids, columns)
+        batch = rd.WriteBatch(raw_mode=True)
+        for uid, cols in split_by_user(user_ids, columns):
+            batch.put(user_key(uid), self.encode_value(uid, merge_newest(None, cols, self.schema, self.max_len)))
+        self._db.write(batch)
+
+    def finish_load(self) -> None:
+        # An operator compacts once after a bulk load so lookups start from a tidy LSM tree.
+        self._db.flush()
+        self._db.compact_range(None, None)
+
+    def get_many(self, user_ids: np.ndarray, last_n: int | None = None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        uids = [int(u) for u in np.asarray(user_ids, dtype=np.uint64)]
+        values = self._db.get([user_key(u) for u in uids])
+        per_user = [None if v is None else self.decode_value(u, v) for u, v in zip(uids, values, strict=True)]
+        return pack_csr(per_user, self.schema, self.max_len if last_n is None else last_n)
+
+    def flush(self) -> None:
+        self._db.flush()
+        self._db.flush_wal(True)
+
+    def disk_files(self) -> dict[str, str]:
+        out = {}
+        for entry in os.scandir(self.path):
+            if not entry.is_file():
+                continue
+            n = entry.name
+            category = ("sst" if n.endswith(".sst") else "wal" if n.endswith(".log")
+                        else "blob" if n.endswith(".blob") else "manifest" if n.startswith("MANIFEST")
+                        else "other")
+            out[entry.path] = category
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        props = {}
+        for p in ("rocksdb.estimate-num-keys", "rocksdb.block-cache-usage", "rocksdb.cur-size-all-mem-tables",
+                  "rocksdb.estimate-table-readers-mem", "rocksdb.total-sst-files-size",
+                  "rocksdb.live-sst-files-size", "rocksdb.num-running-compactions"):
+            try:
+                props[p.removeprefix("rocksdb.")] = self._db.property_int_value(p)
+            except Exception:  # a property this RocksDB build does not know: leave it out
+                continue
+        props["dram_bytes"] = (props.get("block-cache-usage", 0) + props.get("cur-size-all-mem-tables", 0))
+        return props
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "rocksdict_version": getattr(rd, "__version__", "unknown"),
+                "key": "user id, 8 bytes big-endian", "filter": "full bloom",
+                "data_block_index": "binary_and_hash (ratio 0.75)",
+                "block_cache_bytes": max(self.dram_budget_bytes, 1 << 20),
+                "cache_index_and_filter_blocks": True, "max_write_buffer_number": 2,
+                "compaction": "leveled, dynamic level bytes",
+                "use_direct_reads": self.direct_io, "use_direct_io_for_flush_and_compaction": self.direct_io,
+                "wal": "on, not synced per write", "update": "read-modify-write (get, decode, merge, put)"}
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db.flush()
+            self._db.close()
+
+
+@register_store
+class RocksLastNStore(RocksStoreBase):
+    """Values as schema-unaware decimal text."""
+
+    name = "rocksdb_lastn"
+
+    def encode_value(self, uid: int, cols: Mapping[str, np.ndarray]) -> bytes:
+        return encode_text(cols, self.schema)
+
+    def decode_value(self, uid: int, value: bytes) -> dict[str, np.ndarray]:
+        return decode_text(value, self.schema)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "value_format": "decimal text: ',' between fields, ';' between events"}
