@@ -1,1 +1,29 @@
-"""PyTorch ranking models (LASER and its baselines) that take plain arrays."""
+"""PyTorch ranking models (LASER and its baselines) that take plain arrays.
+
+Public API: the input contract (:class:`HistoryBatch`, :class:`Candidates`, :func:`history_from_csr`,
+:func:`candidates_from_numpy`), models by name (:data:`MODEL_NAMES`, :func:`build_model`,
+:func:`make_config` and the config classes) and FLOP accounting (:func:`analytic_flops`,
+:func:`measured_flops`). ``rankers`` imports neither ``seqvault``, ``workloads`` nor ``storagebench``.
+"""
+
+from rankers.config import ModelConfig
+from rankers.inputs import Candidates, HistoryBatch, candidates_from_numpy, history_from_csr
+from rankers.layers import RankingModel
+from rankers.models import (
+    BaseConfig,
+    DinConfig,
+    HstuConfig,
+    LaserConfig,
+    TransformerConfig,
+    TwinConfig,
+)
+from rankers.registry import MODEL_NAMES, build_model, config_class, make_config
+
+__all__ = [
+    "MODEL_NAMES", "BaseConfig", "Candidates", "DinConfig", "HistoryBatch", "HstuConfig", "LaserConfig",
+    "ModelConfig", "RankingModel", "TransformerConfig", "TwinConfig", "build_model", "candidates_from_numpy",
+    "config_class", "history_from_csr", "make_config",
+]
+
+# --- flop accounting (rankers/flops.py) -----------------------------------------------------------
+# --- training (rankers/training.py, owned by the training colleague): export fit/evaluate here ----

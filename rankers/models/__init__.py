@@ -1,0 +1,13 @@
+"""One module per ranking model; build them by name with :func:`rankers.registry.build_model`."""
+
+from rankers.models.base import Base, BaseConfig
+from rankers.models.din import Din, DinConfig
+from rankers.models.hstu import Hstu, HstuConfig
+from rankers.models.laser import Laser, LaserConfig
+from rankers.models.transformer import Transformer, TransformerConfig
+from rankers.models.twin import Twin, TwinConfig
+
+__all__ = [
+    "Base", "BaseConfig", "Din", "DinConfig", "Hstu", "HstuConfig", "Laser", "LaserConfig",
+    "Transformer", "TransformerConfig", "Twin", "TwinConfig",
+]
