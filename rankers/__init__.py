@@ -27,3 +27,6 @@ __all__ = [
 
 # --- flop accounting (rankers/flops.py) -----------------------------------------------------------
 # --- training (rankers/training.py, owned by the training colleague): export fit/evaluate here ----
+from rankers.training import CTRArrays, TrainResult, evaluate, fit
+
+__all__ += ["CTRArrays", "TrainResult", "evaluate", "fit"]
