@@ -1,0 +1,130 @@
+"""Find and read result files; never raise on a bad or missing one, record a problem instead.
+
+A result directory holds one JSON file with a ``"kind"`` key (``table1``, ``run``, ``e2e``, ``flops``,
+``paper_tables``, ``serve_bench``) and, for replay runs, HDR interval logs (``*.hlog``) beside it.
+A path given on the command line may be such a directory, a parent of several, or a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# kind -> the command that produces it, quoted in the page when a section has nothing to show
+PRODUCED_BY: dict[str, str] = {
+    "table1": "storagebench table1 -o results/table1   (or: tox -e bench)",
+    "run": "storagebench run ... -o DIR",
+    "e2e": "storagebench e2e ... -o DIR",
+    "flops": "storagebench flops -o DIR",
+    "paper_tables": "storagebench paper-tables -o DIR",
+    "serve_bench": "storagebench serve-bench -o DIR",
+}
+KNOWN_KINDS = tuple(PRODUCED_BY)
+
+
+@dataclass
+class Result:
+    """One result file: its kind, where it came from, its content and the HDR logs beside it."""
+
+    kind: str
+    path: Path
+    data: dict[str, Any]
+    hlogs: list[Path] = field(default_factory=list)
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def label(self) -> str:
+        return self.directory.name or str(self.directory)
+
+
+@dataclass
+class ResultSet:
+    results: list[Result] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Result]:
+        return [r for r in self.results if r.kind == kind]
+
+    @property
+    def kinds(self) -> set[str]:
+        return {r.kind for r in self.results}
+
+
+def pick(data: Mapping[str, Any] | None, *paths: str, default: Any = None) -> Any:
+    """The first of several dotted key paths that exists in ``data`` (formats drift; be tolerant)."""
+    for path in paths:
+        node: Any = data
+        for key in path.split("."):
+            if isinstance(node, Mapping) and key in node:
+                node = node[key]
+            else:
+                node = None
+                break
+        if node is not None:
+            return node
+    return default
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or None for anything else (strings like "3~5ms", None, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+def _json_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("*.json"))
+    if files:
+        return files
+    # a parent such as results/ holding table1/, e2e/, ...: look one level down
+    return sorted(path.glob("*/*.json"))
+
+
+def load_file(path: Path, problems: list[str]) -> Result | None:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        problems.append(f"{path} is not valid JSON ({e}); it was probably cut short by an interrupted run: "
+                        f"rerun the command that wrote it")
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(f"{path} could not be read ({e})")
+        return None
+    if not isinstance(data, dict) or "kind" not in data:
+        problems.append(f"{path} has no \"kind\" key, so it is not a storagebench result file; skipped")
+        return None
+    kind = str(data["kind"])
+    if kind not in KNOWN_KINDS:
+        problems.append(f"{path} has kind {kind!r}, which this report does not know "
+                        f"(known: {', '.join(KNOWN_KINDS)}); skipped")
+        return None
+    return Result(kind=kind, path=path, data=data, hlogs=sorted(path.parent.glob("*.hlog")))
+
+
+def load_results(paths: Iterable[str | Path]) -> ResultSet:
+    """Load every result file under ``paths``; problems (missing, broken, unknown) are collected."""
+    out = ResultSet()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            out.problems.append(f"{path} does not exist; pass result directories written by the "
+                                f"storagebench commands (e.g. results/table1)")
+            continue
+        files = _json_files(path)
+        if not files:
+            out.problems.append(f"{path} holds no result file (*.json); is the run still going, or did it fail?")
+            continue
+        for f in files:
+            result = load_file(f, out.problems)
+            if result is not None:
+                out.results.append(result)
+    return out
