@@ -1,0 +1,193 @@
+"""What the harness measures, read from the OS and from HdrHistograms.
+
+- CPU: user + system seconds of the storage-node process, all threads (RocksDB's compaction threads
+  and SeqVault's merge included), from ``psutil``.
+- I/O: ``/proc/<pid>/io`` (``read_bytes``/``write_bytes`` are what reached the block device;
+  ``rchar``/``wchar`` include page-cache hits).
+- Latency: HdrHistograms in microseconds, 1 µs to 1 h at 3 significant digits.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import psutil
+from hdrh.histogram import HdrHistogram
+
+HIST_MIN_US, HIST_MAX_US, HIST_DIGITS = 1, 3_600_000_000, 3
+PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(HIST_MIN_US, HIST_MAX_US, HIST_DIGITS)
+
+
+def latency_summary(hist: HdrHistogram) -> dict[str, float]:
+    """Percentiles, max and mean in milliseconds, plus the count."""
+    n = hist.get_total_count()
+    out: dict[str, float] = {k: (hist.get_value_at_percentile(p) / 1e3 if n else 0.0) for k, p in PERCENTILES.items()}
+    out["max_ms"] = hist.get_max_value() / 1e3 if n else 0.0
+    out["mean_ms"] = hist.get_mean_value() / 1e3 if n else 0.0
+    out["count"] = int(n)
+    return out
+
+
+def read_proc_io(pid: int) -> dict[str, int]:
+    """The counters of ``/proc/<pid>/io`` (zeros where the kernel does not expose them)."""
+    keys = ("rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes", "cancelled_write_bytes")
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            raw = dict(line.split(":", 1) for line in f if ":" in line)
+        return {k: int(raw.get(k, "0").strip()) for k in keys}
+    except OSError:
+        return dict.fromkeys(keys, 0)
+
+
+@dataclass
+class ProcessSnapshot:
+    """CPU seconds and I/O counters of one process at one instant."""
+
+    wall_s: float
+    cpu_user_s: float
+    cpu_system_s: float
+    io: dict[str, int]
+
+    @classmethod
+    def take(cls, pid: int) -> ProcessSnapshot:
+        cpu = psutil.Process(pid).cpu_times()
+        return cls(time.monotonic(), cpu.user, cpu.system, read_proc_io(pid))
+
+    @property
+    def cpu_s(self) -> float:
+        return self.cpu_user_s + self.cpu_system_s
+
+    def delta(self, later: ProcessSnapshot) -> dict[str, Any]:
+        return {
+            "wall_s": later.wall_s - self.wall_s,
+            "cpu_user_s": later.cpu_user_s - self.cpu_user_s,
+            "cpu_system_s": later.cpu_system_s - self.cpu_system_s,
+            "cpu_s": later.cpu_s - self.cpu_s,
+            "io": {k: later.io[k] - self.io.get(k, 0) for k in later.io},
+        }
+
+
+@dataclass
+class CpuSampler:
+    """Samples CPU usage of the node (and of the load generator) once per ``interval_s`` in a thread.
+
+    ``series`` rows are ``[t_s, node_cpu_pct, generator_cpu_pct]`` where 100 % is one core.
+    """
+
+    node_pid: int
+    interval_s: float = 1.0
+    series: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cpu-sampler")
+
+    def start(self) -> CpuSampler:
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        node, gen = psutil.Process(self.node_pid), psutil.Process(os.getpid())
+        last_t, last_node, last_gen = time.monotonic(), _cpu(node), _cpu(gen)
+        while not self._stop.wait(self.interval_s):
+            try:
+                t, n, g = time.monotonic(), _cpu(node), _cpu(gen)
+            except psutil.Error:
+                return
+            dt = max(t - last_t, 1e-9)
+            self.series.append([round(t - self._t0, 3), round(100 * (n - last_node) / dt, 2),
+                                round(100 * (g - last_gen) / dt, 2)])
+            last_t, last_node, last_gen = t, n, g
+
+    def stop(self) -> list[list[float]]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.series
+
+
+def _cpu(p: psutil.Process) -> float:
+    c = p.cpu_times()
+    return c.user + c.system
+
+
+def cores_for_target(cpu_s_per_op: float, target_qps: float, target_utilisation: float) -> float:
+    """Cores a fleet needs to serve ``target_qps`` at ``target_utilisation`` given CPU cost per op."""
+    if not 0 < target_utilisation <= 1:
+        raise ValueError(f"target utilisation must be in (0, 1], got {target_utilisation}")
+    return cpu_s_per_op * target_qps / target_utilisation
+
+
+def filesystem_of(path: str) -> dict[str, str]:
+    """The mount point, device and type of the filesystem holding ``path``."""
+    path = os.path.realpath(path)
+    best = {"mount": "/", "device": "?", "type": "?"}
+    for part in psutil.disk_partitions(all=True):
+        mp = part.mountpoint
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best["mount"]):
+            best = {"mount": mp, "device": part.device, "type": part.fstype}
+    return best
+
+
+def o_direct_supported(directory: str) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT (tmpfs and some overlays refuse)."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, ".o_direct_probe")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o600)
+    except OSError:
+        return False
+    try:
+        import mmap
+
+        buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT requires
+        os.write(fd, buf)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def machine_info(store_dir: str) -> dict[str, Any]:
+    """CPU, memory, kernel, Python, package versions and the filesystem of the store directory."""
+    cpu_model = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("numpy", "numba", "rocksdict", "hdrhistogram", "psutil", "storagebench"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {
+        "cpu_model": cpu_model,
+        "logical_cores": psutil.cpu_count(logical=True),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "ram_bytes": psutil.virtual_memory().total,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "store_filesystem": filesystem_of(store_dir),
+        "load_average": list(os.getloadavg()),
+    }
