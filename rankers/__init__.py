@@ -2,11 +2,13 @@
 
 Public API: the input contract (:class:`HistoryBatch`, :class:`Candidates`, :func:`history_from_csr`,
 :func:`candidates_from_numpy`), models by name (:data:`MODEL_NAMES`, :func:`build_model`,
-:func:`make_config` and the config classes) and FLOP accounting (:func:`analytic_flops`,
-:func:`measured_flops`). ``rankers`` imports neither ``seqvault``, ``workloads`` nor ``storagebench``.
+:func:`make_config` and the config classes), FLOP accounting (:func:`analytic_flops`,
+:func:`measured_flops`) and training (:func:`fit`, :func:`evaluate`). ``rankers`` imports neither
+``seqvault``, ``workloads`` nor ``storagebench``.
 """
 
 from rankers.config import ModelConfig
+from rankers.flops import FLOP_CONVENTION, analytic_flops, measured_flops
 from rankers.inputs import Candidates, HistoryBatch, candidates_from_numpy, history_from_csr
 from rankers.layers import RankingModel
 from rankers.models import (
@@ -19,14 +21,12 @@ from rankers.models import (
 )
 from rankers.registry import MODEL_NAMES, build_model, config_class, make_config
 
-__all__ = [
-    "MODEL_NAMES", "BaseConfig", "Candidates", "DinConfig", "HistoryBatch", "HstuConfig", "LaserConfig",
-    "ModelConfig", "RankingModel", "TransformerConfig", "TwinConfig", "build_model", "candidates_from_numpy",
-    "config_class", "history_from_csr", "make_config",
-]
-
-# --- flop accounting (rankers/flops.py) -----------------------------------------------------------
-# --- training (rankers/training.py, owned by the training colleague): export fit/evaluate here ----
+# Training lives in rankers/training.py (owned by the training colleague).
 from rankers.training import CTRArrays, TrainResult, evaluate, fit
 
-__all__ += ["CTRArrays", "TrainResult", "evaluate", "fit"]
+__all__ = [
+    "FLOP_CONVENTION", "MODEL_NAMES", "BaseConfig", "CTRArrays", "Candidates", "DinConfig", "HistoryBatch",
+    "HstuConfig", "LaserConfig", "ModelConfig", "RankingModel", "TrainResult", "TransformerConfig",
+    "TwinConfig", "analytic_flops", "build_model", "candidates_from_numpy", "config_class", "evaluate", "fit",
+    "history_from_csr", "make_config", "measured_flops",
+]
