@@ -15,6 +15,10 @@ import click
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "workload": ("storagebench.cli.workload", "workload",
                  "Generate, import and describe user-event workloads."),
+    "train": ("storagebench.cli.train", "train",
+              "Train a ranking model on a workload's CTR task; report AUC and log loss."),
+    "paper-tables": ("storagebench.cli.paper_tables", "paper_tables",
+                     "Reproduce the shape of the LASER paper's Tables 2-4 on a workload."),
 }
 
 
