@@ -22,6 +22,7 @@ import numpy as np
 from seqvault.schema import Schema
 
 _REGISTRY: dict[str, type[Store]] = {}
+_UNAVAILABLE: dict[str, str] = {}  # module -> why it could not be imported
 
 
 class StoreError(RuntimeError):
@@ -127,7 +128,10 @@ def _discover() -> None:
 
     for mod in pkgutil.iter_modules(package.__path__):
         if mod.name != "base":
-            importlib.import_module(f"{package.__name__}.{mod.name}")
+            try:
+                importlib.import_module(f"{package.__name__}.{mod.name}")
+            except ImportError as e:  # one broken binding must not hide the others
+                _UNAVAILABLE[mod.name] = f"{type(e).__name__}: {e}"
 
 
 def store_names() -> list[str]:
@@ -140,7 +144,8 @@ def store_class(name: str) -> type[Store]:
     if name not in _REGISTRY:
         _discover()
     if name not in _REGISTRY:
-        raise StoreError(f"unknown store {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        broken = "".join(f"; module {m} failed to import ({why})" for m, why in sorted(_UNAVAILABLE.items()))
+        raise StoreError(f"unknown store {name!r}; available: {', '.join(sorted(_REGISTRY))}{broken}")
     return _REGISTRY[name]
 
 
