@@ -241,3 +241,30 @@ def _concat(chunks: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]
     users = np.concatenate([u for u, _ in chunks])
     names = list(chunks[0][1])
     return users, {k: np.concatenate([np.asarray(c[k]) for _, c in chunks]) for k in names}
+
+
+def load_workload(workload_dir: str | None, scale: str = "small", seed: int = 0) -> object:
+    """A stored workload (``workload_dir``) or a freshly generated preset (``scale``)."""
+    import workloads
+    if workload_dir is not None:
+        return workloads.open_workload(workload_dir)
+    config = workloads.GeneratorConfig.preset(scale)
+    if hasattr(config, "seed"):
+        from dataclasses import replace
+        config = replace(config, seed=seed)
+    return workloads.generate(config)
+
+
+def model_shape(splits: CTRSplits, *, max_item_buckets: int = 200_000,
+                max_side_buckets: int = 4096) -> dict:
+    """Model config fields that fit the task: L, hashed vocabulary sizes and the candidate fields.
+
+    Vocabularies are capped: larger id spaces are hashed (id % buckets), as the models do anyway.
+    """
+    cfg = splits.config
+    return {
+        "max_len": cfg.max_len,
+        "item_buckets": min(splits.item_buckets, max_item_buckets),
+        "side_fields": {f: min(b, max_side_buckets) for f, b in splits.side_buckets.items()},
+        "candidate_side_fields": tuple(cfg.candidate_side_fields),
+    }

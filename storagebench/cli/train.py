@@ -1,0 +1,146 @@
+"""``storagebench train``: train one ranking model on the CTR task of a workload."""
+
+from __future__ import annotations
+
+import ast
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rankers.registry import MODEL_NAMES
+from storagebench.ctr import CTRSplits, CTRTaskConfig
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``("window=20", "sta_activation=softmax")`` -> ``{"window": 20, "sta_activation": "softmax"}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE (e.g. window=20)", param_hint="--set")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw  # a bare word such as softmax
+    return out
+
+
+def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int | None,
+               requests_per_user: int, negatives: int, seed: int) -> CTRSplits:
+    """Load or generate the workload and build its CTR task (announced on the terminal)."""
+    from storagebench.ctr import ctr_task_from_workload, load_workload
+
+    source = workload or f"generated '{scale}' preset (seed {seed})"
+    click.echo(f"building the CTR task from {source} ...", err=True)
+    wl = load_workload(workload, scale, seed)
+    cfg = CTRTaskConfig(max_len=seq_len, requests_per_user=requests_per_user, negatives=negatives, seed=seed)
+    splits = ctr_task_from_workload(wl, cfg, max_users=max_users)
+    d = splits.describe()
+    click.echo(f"requests train/valid/test = {d['requests']['train']}/{d['requests']['valid']}/"
+               f"{d['requests']['test']}, {d['candidates_per_request']} candidates each, "
+               f"{d['events']} events", err=True)
+    if min(len(splits.train), len(splits.test)) == 0:
+        raise click.ClickException("the CTR task has no training or no test requests: use a larger workload "
+                                   "or more --max-users / --requests-per-user")
+    return splits
+
+
+def train_one(name: str, splits: CTRSplits, overrides: dict[str, Any], *, epochs: int, batch_size: int,
+              lr: float, device: str, seed: int, progress: bool = True) -> dict[str, Any]:
+    """Build model ``name`` for the task, train it, and return its figures (valid and test)."""
+    import torch
+
+    from rankers.registry import build_model
+    from rankers.training import evaluate, fit
+    from storagebench.ctr import model_shape
+
+    torch.manual_seed(seed)
+    try:
+        model = build_model(name, **{**model_shape(splits), **overrides})
+    except (TypeError, ValueError) as e:
+        raise click.ClickException(f"cannot build model {name!r} with {overrides}: {e}") from e
+    result = fit(model, splits.train, splits.valid, epochs=epochs, batch_size=batch_size, lr=lr,
+                 device=device, progress=progress, seed=seed)
+    test = evaluate(model, splits.test, result.device)
+    return {"model": name, "overrides": overrides, "config": jsonable(vars(model.config)),
+            "test": test, **result.to_dict()}
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float | int | str | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+def task_options(max_users: int | None = None) -> Any:
+    """Options shared by ``train`` and ``paper-tables``: where the data comes from and how it is cut."""
+    opts = [
+        click.option("--workload", "workload", type=click.Path(exists=True, file_okay=False),
+                     help="A stored workload directory (from `storagebench workload generate`)."),
+        click.option("--scale", default="small", show_default=True,
+                     help="Without --workload: generate this preset of the synthetic generator."),
+        click.option("--max-users", type=int, default=max_users, show_default=max_users is not None,
+                     help="Use only the first N users of the workload (smaller, faster task)."),
+        click.option("--requests-per-user", type=int, default=8, show_default=True,
+                     help="Ranking requests sampled per user, each at one of the user's clicks."),
+        click.option("--negatives", type=int, default=4, show_default=True,
+                     help="Popularity-sampled negative candidates per request (plus 1 positive)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed for the workload, the sampling and the model initialisation."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="auto uses the GPU when there is one and falls back to the CPU."),
+        click.option("--batch-size", type=int, default=256, show_default=True, help="Requests per step."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+        click.option("--d", "d", type=int, default=32, show_default=True, help="Embedding width."),
+    ]
+
+    def decorate(f: Any) -> Any:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return decorate
+
+
+@click.command("train")
+@click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Which model.")
+@task_options()
+@click.option("--seq-len", type=int, default=256, show_default=True, help="L: newest history events read.")
+@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a model config field, e.g. --set window=20 --set sta_activation=softmax.")
+@click.option("--out", type=click.Path(file_okay=False), default="results/train", show_default=True,
+              help="Directory for train.json.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(model_name: str, workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
+          negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int, seq_len: int,
+          epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
+    """Train a ranking model on a CTR task built from a workload and report AUC and log loss.
+
+    Requests sit at users' clicks: the click is the positive, NEGATIVES popularity-sampled items the
+    negatives, and the history is the user's events strictly before the click (newest SEQ_LEN).
+    Requests are split by time (70% train, 10% valid, 20% test); the weights of the epoch with the
+    best validation AUC are kept and scored on the test split. Writes OUT/train.json.
+    """
+    splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
+                        requests_per_user=requests_per_user, negatives=negatives, seed=seed)
+    overrides = {"d": d, **parse_overrides(sets)}
+    t0 = time.perf_counter()
+    run = train_one(model_name, splits, overrides, epochs=epochs, batch_size=batch_size, lr=lr,
+                    device=device, seed=seed, progress=not no_progress)
+    report = {"kind": "train", "created_unix": time.time(), "machine": platform.node(),
+              "source": workload or f"preset:{scale}", "task": jsonable(splits.describe()),
+              "seconds_total": time.perf_counter() - t0, **run}
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.json").write_text(json.dumps(report, indent=2))
+    click.echo(f"{model_name}: test AUC {run['test']['auc']:.4f}, log loss {run['test']['logloss']:.4f} "
+               f"(valid AUC {run['valid']['auc']:.4f}, best epoch {run['best_epoch']}/{epochs}, "
+               f"{run['seconds']:.0f}s on {run['device']}) -> {path / 'train.json'}")
