@@ -13,6 +13,10 @@ import click
 
 # name -> (module, attribute, one-line help shown by `storagebench --help`)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "flops": ("storagebench.cli.flops", "flops",
+              "FLOPs per (user, candidate) of each ranking model, analytic and measured."),
+    "serve-bench": ("storagebench.cli.serve_bench", "serve_bench",
+                    "Ranking-model serving benchmark: requests/s and p50/p99 over (L, C)."),
     "workload": ("storagebench.cli.workload", "workload",
                  "Generate, import and describe user-event workloads."),
     "train": ("storagebench.cli.train", "train",
