@@ -1,0 +1,133 @@
+"""Append-only data files holding packed sequence records, read with ``pread`` (optionally O_DIRECT).
+
+A :class:`DataFile` counts readers that are using it, so reclamation can retire a file (unlink it
+at once — POSIX keeps the bytes readable through open descriptors) while the descriptors close
+only after the last reader lets go.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from seqvault.errors import SeqVaultError
+
+ALIGN = 4096
+
+
+def data_file_name(file_id: int) -> str:
+    return f"data-{file_id:08d}.svd"
+
+
+class DirectIOUnsupported(SeqVaultError):
+    """The filesystem refused O_DIRECT."""
+
+
+class DataFile:
+    def __init__(self, directory: Path, file_id: int, size: int, dead_bytes: int = 0,
+                 direct_io: bool = False, create: bool = False) -> None:
+        self.file_id = file_id
+        self.path = directory / data_file_name(file_id)
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        self._fd = os.open(self.path, flags, 0o644)
+        self.size = size  # committed + appended bytes; anything beyond was never published
+        self.dead_bytes = dead_bytes
+        self._direct_fd = -1
+        if direct_io:
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError as e:
+                os.close(self._fd)
+                if e.errno == errno.EINVAL:
+                    raise DirectIOUnsupported(
+                        f"the filesystem holding {self.path} refuses O_DIRECT (tmpfs does); "
+                        "open the store with direct_io=False or put it on a disk filesystem"
+                    ) from e
+                raise
+        self._refs = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    # -- reader reference counting -----------------------------------------------------------
+    def acquire(self) -> None:
+        with self._lock:
+            self._refs += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            if self._retired and self._refs == 0:
+                self._close_fds()
+
+    def retire(self, unlink: bool = True) -> None:
+        """Take the file out of service; it closes once no reader holds it."""
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        with self._lock:
+            self._retired = True
+            if self._refs == 0:
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._direct_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._direct_fd = -1
+
+    # -- writing (one writer) -----------------------------------------------------------------
+    def append(self, buf: np.ndarray | bytes | memoryview) -> int:
+        """Write at the end; returns the offset. Not durable until :meth:`sync`."""
+        offset = self.size
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], offset + done)
+        self.size += len(view)
+        return offset
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def truncate_to(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        self.size = size
+
+    @property
+    def live_bytes(self) -> int:
+        return self.size - self.dead_bytes
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, offset: int, length: int) -> np.ndarray:
+        out = np.empty(length, np.uint8)
+        self.read_into(out, offset)
+        return out
+
+    def read_into(self, out: np.ndarray, offset: int) -> None:
+        """Fill ``out`` (uint8) with the bytes at ``offset``: one pread, or one aligned O_DIRECT read."""
+        length = len(out)
+        if self._direct_fd >= 0:
+            start = offset - offset % ALIGN
+            end = -(-(offset + length) // ALIGN) * ALIGN
+            aligned = mmap.mmap(-1, end - start)  # anonymous maps are page aligned
+            try:
+                got = os.preadv(self._direct_fd, [aligned], start)
+                if got < offset + length - start:
+                    raise SeqVaultError(f"short read from {self.path} at offset {offset}: the file ends early")
+                src = np.frombuffer(aligned, np.uint8, length, offset - start)
+                out[:] = src
+                del src  # release the buffer export so the map can close
+            finally:
+                aligned.close()
+            return
+        got = os.preadv(self._fd, [out], offset)
+        if got < length:
+            raise SeqVaultError(f"short read from {self.path} at offset {offset}: wanted {length} bytes, "
+                                f"got {got}; the file ends early")

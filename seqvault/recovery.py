@@ -1,0 +1,162 @@
+"""Opening a store directory: create it, or bring it back to its last commit and replay the WAL.
+
+Anything a crash may have left half-made is undone here: data-file bytes past the committed size,
+data files and index snapshots no manifest refers to, temp files, WAL segments the commit covers,
+and a torn WAL tail (cut at the first record whose checksum fails, never applied half).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqvault.datafile import DataFile, data_file_name
+from seqvault.errors import CorruptionError, SeqVaultError
+from seqvault.manifest import MANIFEST_NAME, Manifest, snapshot_name
+from seqvault.schema import Schema
+from seqvault.wal import SegmentScan, fsync_dir, list_segments, scan_segment, segment_name
+
+log = logging.getLogger("seqvault")
+LOCK_NAME = "LOCK"
+_LEFTOVERS_OK_WITHOUT_MANIFEST = {LOCK_NAME, MANIFEST_NAME + ".tmp"}
+
+
+def lock_store(directory: Path) -> int:
+    """Take the store's exclusive lock (one writer process); returns the lock file descriptor."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SeqVaultError(
+            f"{directory} is already open by another SeqVault (process {holder}); "
+            "close it there first — only one writer may open a store"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def unlock_store(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def prepare_directory(directory: Path, schema: Schema | None, max_len: int | None, create: bool) -> bool:
+    """Check the directory is (or may become) a store; returns True if it must be created."""
+    if (directory / MANIFEST_NAME).exists():
+        return False
+    if directory.exists():
+        if not directory.is_dir():
+            raise SeqVaultError(f"{directory} is not a directory")
+        others = {p.name for p in directory.iterdir()} - _LEFTOVERS_OK_WITHOUT_MANIFEST
+        if others:
+            raise SeqVaultError(
+                f"{directory} is not a SeqVault store (no {MANIFEST_NAME}, but it holds "
+                f"{', '.join(sorted(others)[:5])}); pass an empty or new directory"
+            )
+    if not create:
+        raise SeqVaultError(f"no SeqVault store at {directory} (create=False)")
+    if schema is None:
+        raise SeqVaultError(f"creating a store at {directory} needs a schema: SeqVault.open(path, schema=...)")
+    if max_len is not None and max_len < 1:
+        raise SeqVaultError(f"max_len must be at least 1, got {max_len}")
+    directory.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def check_reopen(manifest: Manifest, directory: Path, schema: Schema | None, max_len: int | None) -> Schema:
+    stored = Schema.from_dict(manifest.schema)
+    if schema is not None and schema != stored:
+        raise SeqVaultError(
+            f"the store at {directory} was created with {stored!r}, not {schema!r}; "
+            "open it with schema=None (or the stored schema), or use a new directory"
+        )
+    if max_len is not None and max_len != manifest.max_len:
+        raise SeqVaultError(
+            f"the store at {directory} keeps max_len={manifest.max_len}, not {max_len}; "
+            "open it with max_len=None (or the stored value)"
+        )
+    return stored
+
+
+def open_data_files(directory: Path, manifest: Manifest, direct_io: bool) -> dict[int, DataFile]:
+    """Open committed data files, cutting uncommitted tails and removing unreferenced files."""
+    files: dict[int, DataFile] = {}
+    try:
+        for file_id, state in manifest.files.items():
+            path = directory / data_file_name(file_id)
+            if not path.exists():
+                raise CorruptionError(f"committed data file is missing ({state.size} bytes expected)",
+                                      path=str(path))
+            actual = path.stat().st_size
+            if actual < state.size:
+                raise CorruptionError(f"data file is shorter ({actual} bytes) than committed ({state.size})",
+                                      path=str(path))
+            f = DataFile(directory, file_id, state.size, state.dead_bytes, direct_io=direct_io)
+            files[file_id] = f
+            if actual > state.size:
+                f.truncate_to(state.size)  # records a crashed merge appended but never published
+    except BaseException:
+        for f in files.values():
+            f.retire(unlink=False)
+        raise
+    keep = {data_file_name(i) for i in manifest.files}
+    if manifest.index_file:
+        keep.add(manifest.index_file)
+    for p in directory.iterdir():
+        stale = (p.name.startswith("data-") and p.name not in keep) or \
+                (p.name.startswith("index-") and p.name not in keep) or p.name.endswith(".tmp")
+        if stale:
+            p.unlink()
+    return files
+
+
+@dataclass
+class WalRecovery:
+    scans: list[SegmentScan]
+    last_segment: int
+    cut: str | None  # what was cut, if anything
+
+
+def recover_wal(directory: Path, manifest: Manifest) -> WalRecovery:
+    """Scan the segments the commit does not cover; cut everything after the first bad record."""
+    scans: list[SegmentScan] = []
+    cut = None
+    segments = list_segments(directory)
+    for seg in segments:
+        if seg < manifest.wal_start:
+            (directory / segment_name(seg)).unlink()
+    live = [s for s in segments if s >= manifest.wal_start]
+    last = live[-1] if live else manifest.wal_start
+    for i, seg in enumerate(live):
+        path = directory / segment_name(seg)
+        scan = scan_segment(path)
+        scans.append(scan)
+        if scan.torn:
+            cut = f"{path.name}: {scan.problem}; cut {scan.size - scan.valid_end} bytes"
+            with open(path, "r+b") as fh:
+                fh.truncate(scan.valid_end)
+                os.fsync(fh.fileno())
+            for later in live[i + 1:]:
+                cut += f"; dropped later segment {segment_name(later)}"
+                (directory / segment_name(later)).unlink()
+            last = seg
+            log.warning("seqvault recovery: %s", cut)
+            break
+    fsync_dir(directory)
+    return WalRecovery(scans, last, cut)
+
+
+def initial_manifest(schema: Schema, max_len: int) -> Manifest:
+    return Manifest(schema=schema.to_dict(), max_len=max_len, index_file=None, wal_start=1)
+
+
+__all__ = [
+    "LOCK_NAME", "WalRecovery", "check_reopen", "initial_manifest", "lock_store", "open_data_files",
+    "prepare_directory", "recover_wal", "snapshot_name", "unlock_store",
+]
