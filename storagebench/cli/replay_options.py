@@ -1,0 +1,112 @@
+"""Options shared by ``storagebench run`` and ``storagebench table1``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from storagebench.experiments.run import DEFAULT_TARGET_QPS, DEFAULT_TARGET_UTILISATION, RunConfig
+
+
+def replay_options(default_out: str) -> Callable:
+    """Decorate a click command with the workload, I/O, replay and sizing options."""
+    opts = [
+        click.option("--workload", "workload_dir", type=click.Path(exists=True, file_okay=False),
+                     help="A saved workload directory (`storagebench workload generate`). Default: generate one "
+                          "at --scale."),
+        click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True,
+                     help="Workload preset and window length. small fits 2 cores / 24 GiB in ~10 min; "
+                          "large is for a bigger machine."),
+        click.option("--users", type=int, help="Override the preset's number of users."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Workload and sampling seed."),
+        click.option("--io", type=click.Choice(["direct", "buffered"]), default="direct", show_default=True,
+                     help="direct: both stores bypass the page cache (SeqVault O_DIRECT, RocksDB direct reads "
+                          "with an equal block cache), so the SSD path is measured rather than a DRAM copy of "
+                          "the whole data set; falls back to buffered with a warning where O_DIRECT is refused."),
+        click.option("--speed", type=float, help="Replay at the trace's own pace times this (default 1.0)."),
+        click.option("--rate", type=float, help="Replay at this mean rate in ops/s instead (burstiness kept)."),
+        click.option("--warmup-s", type=float, help="Warm-up seconds, not measured (default: per scale)."),
+        click.option("--window-s", type=float, help="Measured window in seconds (default: per scale)."),
+        click.option("--max-len", type=int, default=1000, show_default=True,
+                     help="N: events each store keeps and each read returns per user."),
+        click.option("--compression", type=click.Choice(["lz4", "zstd", "none"]), default="lz4", show_default=True,
+                     help="RocksDB block compression."),
+        click.option("--target-qps", type=float, default=DEFAULT_TARGET_QPS, show_default=True,
+                     help="Production load (ops/s, the workload's read/append mix) the CPU-cores column is "
+                          "sized for."),
+        click.option("--target-utilisation", type=float, default=DEFAULT_TARGET_UTILISATION, show_default=True,
+                     help="CPU utilisation the fleet is sized to run at."),
+        click.option("--node-cpus", default="auto", show_default=True,
+                     help="CPUs the storage node is pinned to: 'auto' (all but CPU 0, which the load generator "
+                          "gets), 'all' (no pinning) or a list like '1' or '2-3'."),
+        click.option("--workers", type=int, default=2, show_default=True, help="Storage-node worker threads."),
+        click.option("--backlog-threshold-ms", type=float, default=100.0, show_default=True,
+                     help="Flag the run if read latency grows by more than this over the window."),
+        click.option("--keep-stores", is_flag=True, help="Keep the store directories under OUT/stores."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default=default_out, show_default=True,
+                     help="Result directory."),
+    ]
+
+    def decorate(f: Callable) -> Callable:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
+
+
+def parse_cpus(spec: str) -> tuple[list[int] | None, list[int] | None]:
+    """(node CPUs, generator CPUs) from --node-cpus."""
+    available = sorted(os.sched_getaffinity(0))
+    if spec == "all":
+        return None, None
+    if spec == "auto":
+        if len(available) < 2:
+            return None, None
+        return available[1:], available[:1]
+    cpus: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            cpus += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: use 'auto', 'all' or CPU numbers like '1' or '2-3'") from None
+    if not set(cpus) <= set(available):
+        raise click.BadParameter(f"CPUs {sorted(set(cpus) - set(available))} are not available "
+                                 f"(this process may use {available})")
+    rest = [c for c in available if c not in cpus]
+    return cpus, (rest or None)
+
+
+def load_workload(workload_dir: str | None, scale: str, users: int | None, seed: int) -> Any:
+    from workloads import GeneratorConfig, generate, open_workload
+
+    if workload_dir:
+        return open_workload(workload_dir)
+    overrides: dict[str, Any] = {"seed": seed}
+    if users is not None:
+        overrides["users"] = users
+    return generate(GeneratorConfig.preset(scale, **overrides))
+
+
+def build_config(scale_defaults: dict[str, Any], *, io: str, speed: float | None, rate: float | None,
+                 warmup_s: float | None, window_s: float | None, max_len: int, compression: str,
+                 target_qps: float, target_utilisation: float, node_cpus: list[int] | None, workers: int,
+                 backlog_threshold_ms: float, seed: int, dram_budget_bytes: int = 64 << 20) -> RunConfig:
+    if speed is not None and rate is not None:
+        raise click.UsageError("give --speed or --rate, not both")
+    rocks = {"compression": compression}
+    try:
+        return RunConfig(
+            io=io, max_len=max_len, rate=rate, speed=None if rate is not None else (speed or 1.0),
+            warmup_s=scale_defaults["warmup_s"] if warmup_s is None else warmup_s,
+            window_s=scale_defaults["window_s"] if window_s is None else window_s,
+            workers=workers, node_cpus=node_cpus, dram_budget_bytes=dram_budget_bytes,
+            store_options={"rocksdb_lastn": rocks, "rocksdb_packed": rocks},
+            backlog_threshold_ms=backlog_threshold_ms, target_qps=target_qps,
+            target_utilisation=target_utilisation, seed=seed)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None

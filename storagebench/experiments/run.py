@@ -1,0 +1,261 @@
+"""One store, one workload: bulk-load the backfill, replay the live stream open-loop, measure.
+
+This is the general tool behind ``storagebench run`` and ``storagebench table1``. The measured block
+it returns (see :mod:`storagebench.results` for the field list) is the same for every store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from seqvault.schema import Schema
+from storagebench.measure import ProcessSnapshot, cores_for_target, o_direct_supported
+from storagebench.node import GET, NodeClient
+from storagebench.replay import OP_NAMES, Schedule, intended_offsets_ns, replay
+
+DEFAULT_TARGET_QPS = 1_000_000.0   # production load the CPU-cores column is sized for (workload's mix)
+DEFAULT_TARGET_UTILISATION = 0.5  # headroom an operator keeps for failover and peaks
+
+
+class LiveChunkLike(Protocol):
+    op_time_ms: np.ndarray
+    op_kind: np.ndarray
+    op_user: np.ndarray
+    event_start: np.ndarray
+    event_end: np.ndarray
+    events: tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+class WorkloadLike(Protocol):
+    schema: Schema
+    manifest: dict[str, Any]
+
+    def iter_backfill(self, chunk_events: int = ...) -> Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]: ...
+    def iter_live(self, chunk_ops: int = ...) -> Iterable[LiveChunkLike]: ...
+
+
+@dataclass
+class RunConfig:
+    """How one store is driven and measured. Every field goes into the result file."""
+
+    io: str = "direct"                   # "direct" (bypass the page cache) or "buffered"
+    max_len: int = 1000                  # N: events kept and read per user
+    rate: float | None = None            # target ops/s (trace burstiness kept); or ...
+    speed: float | None = 1.0            # ... the trace's own pace times this
+    warmup_s: float = 10.0
+    window_s: float = 60.0
+    workers: int = 2                     # node worker threads
+    node_cpus: list[int] | None = None   # CPUs the node is pinned to (None: not pinned)
+    dram_budget_bytes: int = 64 << 20    # SeqVault DRAM target; RocksDB block cache
+    store_options: dict[str, Any] = field(default_factory=dict)
+    backlog_threshold_ms: float = 100.0
+    target_qps: float = DEFAULT_TARGET_QPS
+    target_utilisation: float = DEFAULT_TARGET_UTILISATION
+    crosscheck_users: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.io not in ("direct", "buffered"):
+            raise ValueError(f"io must be 'direct' or 'buffered', got {self.io!r}")
+        if (self.rate is None) == (self.speed is None):
+            raise ValueError("give exactly one of rate (ops/s) or speed (x the trace's pace)")
+        if self.window_s <= 0 or self.warmup_s < 0:
+            raise ValueError("window_s must be > 0 and warmup_s >= 0")
+
+
+@dataclass
+class PreparedWorkload:
+    """The live schedule and what the harness needs to know about the data, built once for all stores."""
+
+    schedule: Schedule
+    crosscheck_users: np.ndarray
+    stored_events: int
+    backfill_events: int
+    schedule_info: dict[str, Any]
+
+
+def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
+    """Turn the workload's live stream into a schedule of warm-up + window ops, and pick cross-check users."""
+    horizon_ns = int((cfg.warmup_s + cfg.window_s) * 1e9)
+    chunks: list[LiveChunkLike] = []
+    times: list[np.ndarray] = []
+    t_first = None
+    speed = cfg.speed
+    for chunk in wl.iter_live(chunk_ops=50_000):
+        if len(chunk.op_time_ms) == 0:
+            continue
+        if t_first is None:
+            t_first = int(chunk.op_time_ms[0])
+            if cfg.rate is not None:
+                # The rate target sets the speed from the first chunk's own pace (trace burstiness kept).
+                span_s = max((int(chunk.op_time_ms[-1]) - t_first) / 1e3, 1e-3)
+                speed = cfg.rate / (len(chunk.op_time_ms) / span_s)
+        chunks.append(chunk)
+        times.append(chunk.op_time_ms)
+        if (int(chunk.op_time_ms[-1]) - t_first) * 1e6 / speed > horizon_ns:
+            break
+    if not chunks:
+        raise ValueError("the workload has no live operations to replay")
+    offsets = intended_offsets_ns(np.concatenate(times), speed=speed)
+    kinds_l, args, appended, off_l, users_seen = [], [], [], [], []
+    i = 0
+    from_kind = {0: OP_NAMES.index("append"), 1: OP_NAMES.index("read")}  # workloads' OP_APPEND=0, OP_READ=1
+    for chunk in chunks:
+        uids, cols = chunk.events
+        for j in range(len(chunk.op_time_ms)):
+            if offsets[i] > horizon_ns:
+                break
+            kind = int(chunk.op_kind[j])
+            if kind == 1:
+                u = np.array([chunk.op_user[j]], dtype=np.uint64)
+                args.append((u, cfg.max_len))
+                appended.append(0)
+                users_seen.append(u)
+            else:
+                s, e = int(chunk.event_start[j]), int(chunk.event_end[j])
+                args.append((uids[s:e].copy(), {k: v[s:e].copy() for k, v in cols.items()}))
+                appended.append(e - s)
+                users_seen.append(uids[s:e])
+            kinds_l.append(from_kind[kind])
+            off_l.append(offsets[i])
+            i += 1
+    kinds = np.array(kinds_l, dtype=np.uint8)
+    offs = np.array(off_l, dtype=np.int64)
+    measured_from = int(np.searchsorted(offs, int(cfg.warmup_s * 1e9), side="left"))
+    schedule = Schedule(kinds, offs, args, measured_from, np.array(appended, dtype=np.int64))
+
+    # Stored events per user = min(backfill + live appended, N): needed for bytes per stored event.
+    counts: dict[int, int] = {}
+    backfill_events = 0
+    backfill_users = []
+    for uids, _ in wl.iter_backfill(chunk_events=1_000_000):
+        u, c = np.unique(uids, return_counts=True)
+        backfill_events += len(uids)
+        counts.update(zip(u.tolist(), c.tolist(), strict=True))
+        backfill_users.append(u)
+    live_u, live_c = np.unique(np.concatenate([a[0] for a, k in zip(args, kinds_l, strict=True)
+                                               if k == OP_NAMES.index("append")] or [np.zeros(0, np.uint64)]),
+                               return_counts=True)
+    for u, c in zip(live_u.tolist(), live_c.tolist(), strict=True):
+        counts[u] = counts.get(u, 0) + c
+    stored = int(np.minimum(np.fromiter(counts.values(), dtype=np.int64), cfg.max_len).sum()) if counts else 0
+
+    rng = np.random.default_rng(cfg.seed)
+    pool = np.unique(np.concatenate(users_seen + backfill_users)) if users_seen or backfill_users else np.zeros(0)
+    pick = rng.choice(pool, size=min(cfg.crosscheck_users, len(pool)), replace=False) if len(pool) else pool
+    info = {
+        "speed": speed, "ops": len(schedule), "warmup_ops": measured_from,
+        "measured_ops": len(schedule) - measured_from,
+        "measured_reads": int((kinds[measured_from:] == OP_NAMES.index("read")).sum()),
+        "measured_appends": int((kinds[measured_from:] == OP_NAMES.index("append")).sum()),
+        "measured_appended_events": int(schedule.appended_events[measured_from:].sum()),
+        "window_s": schedule.window_s, "warmup_s": cfg.warmup_s,
+    }
+    return PreparedWorkload(schedule, np.sort(pick.astype(np.uint64)), stored, backfill_events, info)
+
+
+def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str, Any], list[str]]:
+    """The options the binding is opened with, and warnings (e.g. O_DIRECT not supported here)."""
+    warnings = []
+    direct = cfg.io == "direct"
+    if direct and not o_direct_supported(store_dir):
+        warnings.append(f"the filesystem of {store_dir} refuses O_DIRECT: running {store} with buffered I/O")
+        direct = False
+    opts = {"max_len": cfg.max_len, "direct_io": direct, "dram_budget_bytes": cfg.dram_budget_bytes,
+            **cfg.store_options.get(store, {})}
+    return opts, warnings
+
+
+def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_dir: str, cfg: RunConfig, *,
+              hist_log_dir: str | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], Any]:
+    """Measure one store. Returns (the per-store result block, its cross-check sample)."""
+    if os.path.exists(store_dir):
+        shutil.rmtree(store_dir)
+    os.makedirs(store_dir)
+    opts, warnings = store_options(store, cfg, store_dir)
+    report = progress or (lambda phase, done, total: None)
+    schema = wl.schema
+    with NodeClient(store, store_dir, schema, opts, workers=cfg.workers, cpus=cfg.node_cpus) as client:
+        snap0 = ProcessSnapshot.take(client.pid)
+        loaded = 0
+        for uids, cols in wl.iter_backfill(chunk_events=250_000):
+            client.call("bulk_load", uids, cols)
+            loaded += len(uids)
+            report("load", loaded, prepared.backfill_events)
+        client.call("finish_load")
+        snap_loaded = ProcessSnapshot.take(client.pid)
+        load = snap0.delta(snap_loaded)
+        load["events"] = loaded
+        load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * schema.row_bytes)
+
+        n_ops = len(prepared.schedule)
+        replayed = replay(client, prepared.schedule, hist_log_dir=hist_log_dir, log_prefix=f"{store}.",
+                          backlog_threshold_ms=cfg.backlog_threshold_ms,
+                          progress=lambda done: report("replay", done, n_ops))
+        if client.background_error:
+            raise RuntimeError(f"{store}: background maintenance failed:\n{client.background_error}")
+        client.call("flush")
+        disk = client.call("disk_bytes")
+        stats = client.call("stats")
+        sample = client.call(GET, prepared.crosscheck_users, None)
+        config = client.store_config
+
+    window = replayed["node_window"]
+    node_cores = len(cfg.node_cpus) if cfg.node_cpus else os.cpu_count() or 1
+    measured = replayed["measured_ops"]
+    cpu_s_per_op = window["cpu_s"] / max(measured, 1)
+    read_latency = replayed["ops"]["read"]["latency"]
+    logical_appended = replayed["appended_events"] * schema.row_bytes
+    block = {
+        "store": store,
+        "config": config,
+        "io_mode": "direct" if opts["direct_io"] else "buffered",
+        "warnings": warnings,
+        "load": load,
+        "cpu": {
+            "cpu_s": window["cpu_s"], "cpu_user_s": window["cpu_user_s"], "cpu_system_s": window["cpu_system_s"],
+            "wall_s": window["wall_s"], "node_cores": node_cores,
+            "cpu_usage_pct": 100.0 * window["cpu_s"] / max(window["wall_s"] * node_cores, 1e-9),
+            "cpu_s_per_op": cpu_s_per_op,
+            "cpu_cores_for_target": cores_for_target(cpu_s_per_op, cfg.target_qps, cfg.target_utilisation),
+            "target_qps": cfg.target_qps, "target_utilisation": cfg.target_utilisation,
+            "series": replayed["cpu_series"],
+        },
+        "latency": replayed["ops"],
+        "all_ops_latency": replayed["all_ops_latency"],
+        "offered_ops_per_s": replayed["offered_ops_per_s"],
+        "achieved_ops_per_s": replayed["achieved_ops_per_s"],
+        "backlog": replayed["backlog"],
+        "valid": not replayed["backlog"]["grew"],
+        "generator": replayed["generator"],
+        "disk": {"bytes": disk, "stored_events": prepared.stored_events,
+                 "bytes_per_event": _ratio(disk["total"], prepared.stored_events)},
+        "io": {
+            "window": window["io"],
+            "appended_events": replayed["appended_events"],
+            "appended_logical_bytes": logical_appended,
+            "returned_bytes": replayed["returned_bytes"],
+            "write_amplification": _ratio(window["io"]["write_bytes"], logical_appended),
+            "read_amplification": _ratio(window["io"]["read_bytes"], replayed["returned_bytes"]),
+        },
+        "stats": stats,
+        "run_config": asdict(cfg),
+    }
+    # Flat headline fields (Table 1 columns); P99 etc. are the reads' intended-start latency.
+    block.update({
+        "cpu_cores": block["cpu"]["cpu_cores_for_target"], "cpu_usage_pct": block["cpu"]["cpu_usage_pct"],
+        "p50_ms": read_latency["p50_ms"], "p99_ms": read_latency["p99_ms"], "p999_ms": read_latency["p999_ms"],
+        "disk_bytes": disk["total"], "ops_per_s": replayed["achieved_ops_per_s"],
+    })
+    return block, sample
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
