@@ -45,7 +45,7 @@ from workloads.base import BackfillChunk, LiveChunk, Workload, assemble_ops, rec
 from workloads.config import DAY_MS, GeneratorConfig
 from workloads.schema import ACTIONS, DEFAULT_SCHEMA, SCENARIOS
 
-_BLOCK_EVENTS = 1 << 17         # backfill generated in blocks of about this many events
+_BLOCK_EVENTS = 1 << 16         # backfill generated in blocks of about this many events
 _LIVE_SLICE_MS = 5_000          # live generated in slices of this much trace time
 _MAX_REQUESTS_PER_SESSION = 30
 _EVENT_GAP_IN_REQUEST_MS = 2_000.0
