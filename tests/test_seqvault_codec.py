@@ -1,0 +1,379 @@
+"""The packed-column record codec against a pure-NumPy reference of the documented format."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from seqvault.codec import (
+    CHECKSUM_SIZE,
+    HEADER_SIZE,
+    RECORD_MAGIC,
+    RecordHeader,
+    decode_record,
+    decode_records,
+    encode_record,
+    encode_records,
+    parse_header,
+    record_checksum,
+    record_checksum_ok,
+)
+from seqvault.errors import CorruptionError
+from seqvault.schema import INTEGER_DTYPES, Field, Schema, SchemaError
+
+SIGN = np.uint64(1 << 63)
+
+DEFAULT = Schema([
+    Field("item_id", "uint32"), Field("ts", "int64"), Field("action", "uint8"), Field("scenario", "uint8"),
+    Field("dwell_ms", "uint32"), Field("category", "uint16"), Field("author_id", "uint32"),
+], time_field="ts", name="default")
+
+
+def default_sequence(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Realistic default-schema events: sessions seconds apart inside, hours/days between."""
+    new_session = rng.random(n) < 1 / 20
+    gaps = np.where(new_session, rng.exponential(8 * 3600e3, n), rng.exponential(5e3, n)).astype(np.int64)
+    gaps[rng.random(n) < 0.05] = 0
+    return {
+        "item_id": ((rng.zipf(1.2, n) - 1) % 1_000_000).astype(np.uint32),
+        "ts": 1_700_000_000_000 + np.cumsum(gaps),
+        "action": np.minimum(rng.geometric(0.5, n) - 1, 7).astype(np.uint8),
+        "scenario": rng.integers(0, 3, n).astype(np.uint8),
+        "dwell_ms": np.minimum(rng.lognormal(8, 1.5, n), 600_000).astype(np.uint32),
+        "category": ((rng.zipf(1.3, n) - 1) % 1000).astype(np.uint16),
+        "author_id": ((rng.zipf(1.2, n) - 1) % 100_000).astype(np.uint32),
+    }
+
+
+# -- pure-NumPy reference of the format in seqvault/codec.py's docstring ----------------------------
+def ref_map(col: np.ndarray) -> np.ndarray:
+    if col.dtype.kind == "i":
+        return col.astype(np.int64).view(np.uint64) ^ SIGN
+    return col.astype(np.uint64)
+
+
+def ref_pack(values: np.ndarray, width: int) -> bytes:
+    if width == 0 or len(values) == 0:
+        return b""
+    bits = ((values[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def ref_unpack(data: bytes, n: int, width: int) -> np.ndarray:
+    if width == 0:
+        return np.zeros(n, np.uint64)
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[: n * width]
+    bits = bits.reshape(n, width).astype(np.uint64)
+    return (bits << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def ref_encode(user_id: int, columns: dict[str, np.ndarray], schema: Schema) -> bytes:
+    n = len(columns[schema.names[0]])
+    descs, payloads = b"", b""
+    for f in schema.fields:
+        u = ref_map(columns[f.name])
+        code = INTEGER_DTYPES.index(f.dtype) << 4
+        if n == 0:
+            descs += struct.pack("<BBQ", code, 0, 0)
+            continue
+        lo, hi = int(u.min()), int(u.max())
+        wf = (hi - lo).bit_length()
+        size_for = 10 + (n * wf + 7) // 8
+        if n > 1:
+            d = (u[1:] - u[:-1]) ^ SIGN
+            dlo, dhi = int(d.min()), int(d.max())
+            wd = (dhi - dlo).bit_length()
+            size_delta = 18 + ((n - 1) * wd + 7) // 8
+        if n > 1 and size_delta < size_for:
+            descs += struct.pack("<BBQQ", code | 1, wd, dlo, int(u[-1]))
+            payloads += ref_pack(d - np.uint64(dlo), wd)
+        else:
+            descs += struct.pack("<BBQ", code, wf, lo)
+            payloads += ref_pack(u - np.uint64(lo), wf)
+    length = HEADER_SIZE + len(descs) + len(payloads) + CHECKSUM_SIZE
+    head = struct.pack("<BBHIQI", RECORD_MAGIC, 1, len(schema.fields), n, user_id, length)
+    body = head + struct.pack("<I", zlib.crc32(head)) + descs + payloads
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def ref_decode(rec: bytes, schema: Schema) -> tuple[int, dict[str, np.ndarray]]:
+    magic, version, ncols, n, user, length, hcrc = struct.unpack_from("<BBHIQII", rec)
+    assert (magic, version, ncols) == (RECORD_MAGIC, 1, len(schema.fields))
+    assert hcrc == zlib.crc32(rec[:20]) and len(rec) >= length
+    assert struct.unpack_from("<I", rec, length - 4)[0] == zlib.crc32(rec[: length - 4])
+    pos, descs = HEADER_SIZE, []
+    for _ in schema.fields:
+        kind, width, base = struct.unpack_from("<BBQ", rec, pos)
+        last = struct.unpack_from("<Q", rec, pos + 10)[0] if kind & 15 else None
+        descs.append((kind & 15, width, base, last))
+        pos += 18 if kind & 15 else 10
+    out = {}
+    for f, (kind, width, base, last) in zip(schema.fields, descs, strict=True):
+        m = n - 1 if kind else n
+        nbytes = (m * width + 7) // 8
+        packed = ref_unpack(rec[pos:pos + nbytes], m, width) + np.uint64(base)
+        pos += nbytes
+        if kind:
+            d = packed ^ SIGN
+            u = np.empty(n, np.uint64)
+            u[-1] = last
+            u[:-1] = np.uint64(last) - np.cumsum(d[::-1], dtype=np.uint64)[::-1]
+        else:
+            u = packed
+        if f.np_dtype.kind == "i":
+            u = u ^ SIGN
+        out[f.name] = u.view(np.int64).astype(f.np_dtype) if f.np_dtype.kind == "i" else u.astype(f.np_dtype)
+    assert pos == length - 4
+    return user, out
+
+
+# -- strategies ------------------------------------------------------------------------------------
+MODES = ("full", "constant", "near_min", "near_max", "small", "sorted", "extremes")
+
+
+def make_column(rng: np.random.Generator, dtype: str, n: int, mode: str) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if mode == "constant":
+        return np.full(n, [info.min, info.max, 0][int(rng.integers(0, 3))], dtype=dtype)
+    if mode == "extremes":
+        return rng.choice(np.array([info.min, info.max, 0], dtype=dtype), n)
+    if mode == "near_min":
+        return (info.min + rng.integers(0, 5, n)).astype(dtype)
+    if mode == "near_max":
+        return np.array([info.max - int(x) for x in rng.integers(0, 5, n)], dtype=dtype)
+    if mode == "small":
+        return rng.integers(max(info.min, -100), 100, n, endpoint=True).astype(dtype)
+    col = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+    return np.sort(col) if mode == "sorted" else col
+
+
+@st.composite
+def schemas_and_columns(draw: st.DrawFn, max_events: int = 40) -> tuple[Schema, dict[str, np.ndarray]]:
+    nf = draw(st.integers(1, 5))
+    dtypes = draw(st.lists(st.sampled_from(INTEGER_DTYPES), min_size=nf, max_size=nf))
+    fields = [Field(f"f{i}", dt) for i, dt in enumerate(dtypes)]
+    schema = Schema(fields, time_field=f"f{draw(st.integers(0, nf - 1))}")
+    n = draw(st.sampled_from([0, 1, 2, 3, draw(st.integers(0, max_events))]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    cols = {}
+    for f in schema.fields:
+        mode = "sorted" if f.name == schema.time_field and draw(st.booleans()) else draw(st.sampled_from(MODES))
+        cols[f.name] = make_column(rng, f.dtype, n, mode)
+    if n and draw(st.booleans()):  # equal timestamps
+        cols[schema.time_field][:] = cols[schema.time_field][0]
+    return schema, cols
+
+
+def assert_columns_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(want)
+    for name, col in want.items():
+        assert got[name].dtype == col.dtype, name
+        np.testing.assert_array_equal(got[name], col, err_msg=name)
+
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- round trip ------------------------------------------------------------------------------------
+@SETTINGS
+@given(case=schemas_and_columns(), user_id=st.integers(0, 2**64 - 1))
+def test_round_trip_matches_reference(case: tuple[Schema, dict[str, np.ndarray]], user_id: int) -> None:
+    schema, cols = case
+    rec = encode_record(user_id, cols, schema)
+    assert rec.dtype == np.uint8
+    assert rec.tobytes() == ref_encode(user_id, cols, schema)
+    ref_user, ref_cols = ref_decode(rec.tobytes(), schema)
+    assert ref_user == user_id
+    assert_columns_equal(ref_cols, cols)
+    assert_columns_equal(decode_record(rec, schema, expect_user=user_id), cols)
+    assert parse_header(rec) == RecordHeader(user_id, len(cols[schema.names[0]]), len(rec))
+    assert record_checksum_ok(rec)
+
+
+@SETTINGS
+@given(case=schemas_and_columns(), last_n=st.integers(0, 45), data=st.data())
+def test_last_n_and_field_selection(case: tuple[Schema, dict[str, np.ndarray]], last_n: int,
+                                    data: st.DataObject) -> None:
+    schema, cols = case
+    fields = data.draw(st.lists(st.sampled_from(schema.names), min_size=1, unique=True))
+    rec = encode_record(3, cols, schema)
+    got = decode_record(bytes(rec) + b"trailing junk", schema, fields=fields, last_n=last_n)
+    n = len(cols[schema.names[0]])
+    assert_columns_equal(got, {f: cols[f][max(n - last_n, 0):] for f in fields})
+
+
+@SETTINGS
+@given(case=schemas_and_columns(max_events=0), lengths=st.lists(st.integers(0, 12), max_size=6),
+       seed=st.integers(0, 2**32 - 1), modes=st.lists(st.sampled_from(MODES), min_size=6, max_size=6),
+       last_n=st.one_of(st.none(), st.integers(0, 15)))
+def test_batch_equals_single(case: tuple[Schema, dict[str, np.ndarray]], lengths: list[int], seed: int,
+                             modes: list[str], last_n: int | None) -> None:
+    schema = case[0]
+    rng = np.random.default_rng(seed)
+    seqs = [{f.name: make_column(rng, f.dtype, n, mode) for f in schema.fields}
+            for n, mode in zip(lengths, modes, strict=False)]
+    uids = rng.integers(0, 2**64 - 1, len(seqs), dtype=np.uint64, endpoint=True)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    cols = {f: np.concatenate([s[f] for s in seqs] + [np.empty(0, schema.dtype(f))]) for f in schema.names}
+    buf, starts = encode_records(uids, offsets, cols, schema)
+    singles = [encode_record(int(u), s, schema) for u, s in zip(uids, seqs, strict=True)]
+    assert buf.tobytes() == b"".join(r.tobytes() for r in singles)
+    np.testing.assert_array_equal(np.diff(starts), [len(r) for r in singles])
+    ev_off, got = decode_records(buf, starts[:-1], schema, last_n=last_n)
+    assert len(ev_off) == len(seqs) + 1
+    for i, (u, s) in enumerate(zip(uids, seqs, strict=True)):
+        one = decode_record(buf[starts[i]:], schema, last_n=last_n, expect_user=int(u))
+        assert_columns_equal({f: got[f][ev_off[i]:ev_off[i + 1]] for f in schema.names}, one)
+        n = lengths[i]
+        keep = n if last_n is None else min(n, last_n)
+        assert_columns_equal(one, {f: s[f][n - keep:] for f in schema.names})
+
+
+def test_extreme_values_every_dtype() -> None:
+    fields = [Field(f"c_{dt}", dt) for dt in INTEGER_DTYPES]
+    schema = Schema(fields, time_field="c_int64")
+    cols = {}
+    for f in fields:
+        info = np.iinfo(f.dtype)
+        cols[f.name] = np.array([info.max, info.min, 0, info.max, info.min, 1], dtype=f.dtype)
+    for uid in (0, 2**64 - 1):
+        rec = encode_record(uid, cols, schema)
+        assert_columns_equal(decode_record(rec, schema, expect_user=uid), cols)
+        assert rec.tobytes() == ref_encode(uid, cols, schema)
+
+
+def test_encoding_choice_is_compact() -> None:
+    rng = np.random.default_rng(7)
+    cols = default_sequence(rng, 1000)
+    cols["scenario"][:] = 2  # a constant column
+    rec = encode_record(1, cols, DEFAULT)
+    descs = rec[HEADER_SIZE:]
+    kinds = []
+    pos = 0
+    for _ in DEFAULT.fields:
+        kinds.append((int(descs[pos]) & 15, int(descs[pos + 1])))
+        pos += 18 if descs[pos] & 15 else 10
+    by_name = dict(zip(DEFAULT.names, kinds, strict=True))
+    assert by_name["ts"][0] == 1, "the sorted time field should be delta coded"
+    assert by_name["scenario"] == (0, 0), "a constant column should cost no payload bits"
+    assert by_name["action"] == (0, 3)
+    assert len(rec) / 1000 <= 0.30 * 56
+
+
+def test_signed_deltas_and_unsorted_time_round_trip() -> None:
+    schema = Schema([Field("t", "int64"), Field("v", "int16")], time_field="t")
+    cols = {"t": np.array([5, 3, 3, -2**63, 2**63 - 1, 0, 7], dtype=np.int64),
+            "v": np.array([-1, -32768, 32767, 0, -5, 4, 4], dtype=np.int16)}
+    assert_columns_equal(decode_record(encode_record(9, cols, schema), schema), cols)
+    desc = np.arange(1000, 0, -1, dtype=np.int64) * 1000  # strictly decreasing: delta coded
+    cols = {"t": desc, "v": np.zeros(1000, np.int16)}
+    rec = encode_record(9, cols, schema)
+    assert len(rec) < 200
+    assert_columns_equal(decode_record(rec, schema, last_n=10), {f: c[-10:] for f, c in cols.items()})
+
+
+# -- corruption ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_record() -> np.ndarray:
+    cols = default_sequence(np.random.default_rng(1), 6)
+    return encode_record(12345, cols, DEFAULT)
+
+
+def test_every_single_byte_change_is_detected(small_record: np.ndarray) -> None:
+    assert len(small_record) > 100
+    good = decode_record(small_record, DEFAULT)
+    for pos in range(len(small_record)):
+        for xor in range(1, 256):
+            bad = small_record.copy()
+            bad[pos] ^= xor
+            with pytest.raises(CorruptionError):
+                decode_record(bad, DEFAULT, path="f.dat", offset=77, expect_user=12345)
+            if xor in (1, 0x80, 0xFF):
+                assert not record_checksum_ok(bad)
+                with pytest.raises(CorruptionError):
+                    decode_records(bad, np.array([0]), DEFAULT)
+    # The original still decodes (the loop above worked on copies).
+    assert_columns_equal(decode_record(small_record, DEFAULT), good)
+
+
+def test_error_names_file_offset_and_user(small_record: np.ndarray) -> None:
+    bad = small_record.copy()
+    bad[HEADER_SIZE + 3] ^= 0x10  # inside the body: the header still names the user
+    with pytest.raises(CorruptionError) as e:
+        decode_record(bad, DEFAULT, path="/data/seq-0003.dat", offset=4096)
+    assert (e.value.path, e.value.offset, e.value.user_id) == ("/data/seq-0003.dat", 4096, 12345)
+    assert "/data/seq-0003.dat" in str(e.value) and "4096" in str(e.value) and "12345" in str(e.value)
+    with pytest.raises(CorruptionError) as e:
+        decode_record(small_record, DEFAULT, path="p", offset=0, expect_user=999)
+    assert e.value.user_id == 999 and "12345" in str(e.value)
+    buf = np.concatenate([small_record, bad])
+    with pytest.raises(CorruptionError) as e:
+        decode_records(buf, np.array([0, len(small_record)]), DEFAULT, path="p")
+    assert (e.value.offset, e.value.user_id) == (len(small_record), 12345)
+
+
+def test_truncation_and_zeroed_tail_are_detected(small_record: np.ndarray) -> None:
+    for cut in range(len(small_record)):
+        with pytest.raises(CorruptionError):
+            decode_record(small_record[:cut], DEFAULT)
+        assert not record_checksum_ok(small_record[:cut])
+        with pytest.raises(CorruptionError):
+            decode_records(small_record[:cut], np.array([0]), DEFAULT)
+    for zero_from in range(len(small_record)):
+        bad = small_record.copy()
+        bad[zero_from:] = 0
+        with pytest.raises(CorruptionError):
+            decode_record(bad, DEFAULT)
+
+
+def test_recovery_scan_walks_records_and_stops_at_torn_tail() -> None:
+    rng = np.random.default_rng(3)
+    seqs = [default_sequence(rng, n) for n in (0, 1, 50, 7)]
+    data = b"".join(encode_record(100 + i, s, DEFAULT).tobytes() for i, s in enumerate(seqs))
+    torn = encode_record(200, default_sequence(rng, 30), DEFAULT).tobytes()[:-9]
+    data = data + torn + bytes(64)
+    pos, found = 0, []
+    while True:
+        try:
+            h = parse_header(data, pos)
+        except CorruptionError:
+            break
+        if not record_checksum_ok(data, pos):
+            break
+        found.append(h.user_id)
+        assert record_checksum(data, pos) == struct.unpack_from("<I", data, pos + h.length - 4)[0]
+        pos += h.length
+    assert found == [100, 101, 102, 103]
+    assert parse_header(data, pos).user_id == 200  # the torn record's header is intact ...
+    with pytest.raises(CorruptionError, match="past the end"):  # ... but its body is cut off
+        decode_record(memoryview(data)[pos:pos + len(torn)], DEFAULT)
+    with pytest.raises(CorruptionError, match="checksum mismatch"):  # or reads zeros after the tear
+        decode_record(memoryview(data)[pos:], DEFAULT)
+    with pytest.raises(CorruptionError, match="magic"):
+        parse_header(bytes(64))
+    with pytest.raises(CorruptionError):
+        parse_header(data[:10])
+
+
+def test_schema_mismatch_and_bad_input_are_refused() -> None:
+    cols = default_sequence(np.random.default_rng(0), 5)
+    rec = encode_record(1, cols, DEFAULT)
+    other = Schema([Field("ts", "int64")], time_field="ts")
+    with pytest.raises(SchemaError, match="different schema"):
+        decode_record(rec, other)
+    wider = Schema([Field(f.name, "uint64" if f.name == "item_id" else f.dtype) for f in DEFAULT.fields], "ts")
+    with pytest.raises(SchemaError, match="different schema"):
+        decode_record(rec, wider)
+    with pytest.raises(SchemaError, match="unknown field"):
+        decode_record(rec, DEFAULT, fields=["nope"])
+    with pytest.raises(SchemaError, match="dtype"):
+        encode_record(1, {**cols, "action": cols["action"].astype(np.int64)}, DEFAULT)
+    with pytest.raises(SchemaError, match="missing column"):
+        encode_record(1, {k: v for k, v in cols.items() if k != "ts"}, DEFAULT)
+    with pytest.raises(ValueError, match="offsets"):
+        encode_records(np.array([1, 2], np.uint64), np.array([0, 5]), cols, DEFAULT)
