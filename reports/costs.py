@@ -6,7 +6,7 @@ young; whatever cannot be found is reported by name rather than guessed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reports.loader import ResultSet, number, pick
@@ -15,97 +15,114 @@ from reports.planning import RankerCapacity, StoreCosts
 
 @dataclass
 class StoreRun:
-    """One store's measurements from a table1 or run result."""
+    """One store's block from a table1 or run result (format: storagebench/results.py)."""
 
     store: str
     source: str  # the result directory it came from
-    summary: dict[str, Any]  # the Table 1 row (may be empty for a run.json)
-    detail: dict[str, Any]  # per-op latency, CPU, disk, amplification, DRAM ...
-    workload: dict[str, Any]
-    machine: dict[str, Any]
-    options: dict[str, Any]
+    detail: dict[str, Any]  # rows[store]: headline values, latency, cpu, disk, io, stats, config
+    doc: dict[str, Any]  # the whole result document: machine, workload, run_config, schedule
 
     def get(self, *paths: str) -> Any:
-        return pick(self.detail, *paths, default=pick(self.summary, *paths))
+        return pick(self.detail, *paths)
+
+    @property
+    def label(self) -> str:
+        return f"{self.store} ({self.source})"
 
 
 def store_runs(results: ResultSet) -> list[StoreRun]:
     runs: list[StoreRun] = []
-    for res in results.of_kind("table1"):
-        d = res.data
-        rows = d.get("rows") if isinstance(d.get("rows"), dict) else {}
-        details = pick(d, "details", "per_store", "store_details", default={})
-        names = list(rows) + [n for n in details if n not in rows]
-        for name in names:
-            detail = details.get(name) if isinstance(details.get(name), dict) else {}
-            runs.append(StoreRun(
-                store=name, source=res.label, summary=rows.get(name) or {}, detail=detail,
-                workload=pick(detail, "workload", default=pick(d, "workload", default={})),
-                machine=pick(detail, "machine", default=pick(d, "machine", default={})),
-                options=pick(detail, "options", default=pick(d, f"stores.{name}", default={})),
-            ))
-    for res in results.of_kind("run"):
-        d = res.data
-        runs.append(StoreRun(
-            store=str(pick(d, "store", "name", default=res.label)), source=res.label, summary={}, detail=d,
-            workload=pick(d, "workload", default={}), machine=pick(d, "machine", default={}),
-            options=pick(d, "options", "store_options", default={}),
-        ))
+    for res in results.of_kind("table1") + results.of_kind("run"):
+        rows = res.data.get("rows")
+        if not isinstance(rows, dict):
+            results.problems.append(f"{res.path} has no \"rows\" object of per-store results; skipped")
+            continue
+        for name, block in rows.items():
+            if isinstance(block, dict):
+                runs.append(StoreRun(store=str(name), source=res.label, detail=block, doc=res.data))
     return runs
 
 
-def _measured_seq_len(run: StoreRun) -> float | None:
-    return number(pick(run.detail, "seq_len", "read_len", "last_n",
-                       default=pick(run.workload, "seq_len", "read_len", "last_n", "read_events")))
+def _users(run: StoreRun) -> float | None:
+    # the stores share one workload per result file, so another store's user count serves too
+    rows = run.doc.get("rows") if isinstance(run.doc.get("rows"), dict) else {}
+    candidates = [run.get("stats.users")] + [pick(b, "stats.users") for b in rows.values() if isinstance(b, dict)]
+    candidates += [pick(run.doc, "workload.parameters.users", "workload.summary.users", "workload.users")]
+    return _first_number(*candidates)
 
 
 def store_costs(run: StoreRun) -> tuple[StoreCosts | None, list[str]]:
     """The planner's inputs for one store, or None and the list of what is missing.
 
-    Optional pieces get a stated default (named in the returned notes): space amplification 1.0 when
-    neither it nor disk/live bytes were recorded, and 0 for an unreported buffer or block cache.
+    The run measures CPU over a mix of reads and appends (``cpu.cpu_s_per_op``); unless separate
+    per-type costs are recorded, that blended cost is charged per read and per append operation.
+    ``disk.bytes_per_event`` is on-disk bytes (amplification included), so space amplification is 1.
     """
     missing: list[str] = []
     notes: list[str] = []
-    cpu_read = number(run.get("cpu_s_per_op.read", "cpu_s_per_read", "ops.read.cpu_s_per_op"))
-    cpu_append = number(run.get("cpu_s_per_op.append", "cpu_s_per_append", "ops.append.cpu_s_per_op",
-                                "cpu_s_per_op.write"))
-    seq_len = _measured_seq_len(run)
-    bpe = number(run.get("bytes_per_event", "disk.bytes_per_event"))
-    users = number(run.get("users", "users_stored")) or number(pick(run.workload, "users"))
-    index = number(run.get("dram_bytes.index", "index_bytes", "dram.index_bytes"))
-    index_per_user = number(run.get("index_bytes_per_user"))
-    if index_per_user is None and index is not None and users:
-        index_per_user = index / users
-    for name, value in (("cpu_s_per_op.read", cpu_read), ("cpu_s_per_op.append", cpu_append),
-                        ("sequence length read (workload.seq_len)", seq_len), ("bytes_per_event", bpe),
-                        ("dram_bytes.index and users", index_per_user)):
+    blended = number(run.get("cpu.cpu_s_per_op"))
+    cpu_read = _first_number(run.get("cpu.cpu_s_per_read"), blended)
+    per_append_op = _first_number(run.get("cpu.cpu_s_per_append"), blended)
+    if run.get("cpu.cpu_s_per_read") is None and blended is not None:
+        notes.append("CPU per read and per append = the run's blended CPU per operation")
+    appends = _first_number(pick(run.doc, "schedule.measured_appends"), run.get("latency.append.count"))
+    appended_events = _first_number(pick(run.doc, "schedule.measured_appended_events"),
+                                    run.get("io.appended_events"))
+    events_per_append = appended_events / appends if appended_events and appends else None
+    cpu_append = per_append_op / events_per_append if per_append_op is not None and events_per_append else None
+    seq_len = _first_number(pick(run.doc, "run_config.max_len"), run.get("config.max_len", "run_config.max_len"))
+    bpe = number(run.get("disk.bytes_per_event"))
+    users = _users(run)
+    index = _first_number(run.get("stats.index_bytes"), run.get("stats.estimate-table-readers-mem"))
+    index_per_user = index / users if index is not None and users else None
+    for name, value in (("cpu.cpu_s_per_op", cpu_read),
+                        ("appended events per append (schedule.measured_appended_events / measured_appends)",
+                         cpu_append),
+                        ("run_config.max_len (sequence length read)", seq_len),
+                        ("disk.bytes_per_event", bpe),
+                        ("index bytes (stats.index_bytes or estimate-table-readers-mem) and user count",
+                         index_per_user)):
         if value is None:
             missing.append(name)
-    space_amp = number(run.get("space_amplification", "disk.space_amplification"))
-    if space_amp is None:
-        disk, live = number(run.get("disk_bytes", "disk.total_bytes")), number(run.get("live_bytes"))
-        if disk and live:
-            space_amp = disk / live
-        else:
-            space_amp = 1.0
-            notes.append("space amplification not recorded: 1.0 assumed")
-    buffer = number(run.get("dram_bytes.buffer", "buffer_bytes")) or number(
-        pick(run.options, "buffer_bytes", "write_buffer_bytes"))
-    cache = number(run.get("dram_bytes.cache", "cache_bytes")) or number(
-        pick(run.options, "block_cache_bytes", "cache_bytes"))
+    wbs, nwb = number(run.get("config.write_buffer_size")), number(run.get("config.max_write_buffer_number"))
+    buffer = _first_number(wbs * nwb if wbs is not None and nwb is not None else None,
+                           run.get("stats.buffer_bytes"), run.get("stats.cur-size-all-mem-tables"))
+    cache = number(run.get("config.block_cache_bytes"))
     if buffer is None:
-        notes.append("update buffer size not recorded: 0 assumed")
+        notes.append("update buffer / memtable size not recorded: 0 assumed")
     if cache is None:
-        notes.append("block cache size not recorded: 0 assumed")
+        notes.append("no block cache configured: 0")
     if missing:
         return None, missing
     return StoreCosts(
         store=run.store, cpu_s_per_read=cpu_read, cpu_s_per_append=cpu_append,
-        measured_seq_len=int(seq_len), bytes_per_event=bpe, space_amplification=space_amp,
+        measured_seq_len=int(seq_len), bytes_per_event=bpe, space_amplification=1.0,
         index_bytes_per_user=index_per_user, buffer_bytes_per_node=buffer or 0.0,
-        cache_bytes_per_node=cache or 0.0, source=run.source + ("; " + "; ".join(notes) if notes else ""),
+        cache_bytes_per_node=cache or 0.0, source="; ".join([run.source, *notes]),
     ), []
+
+
+def _first_number(*values: Any) -> float | None:
+    for v in values:
+        if number(v) is not None:
+            return number(v)
+    return None
+
+
+def all_store_costs(runs: list[StoreRun]) -> tuple[list[StoreCosts], list[str]]:
+    """Costs of every run that has them (names made unique by source) and why the others have none."""
+    costs: list[StoreCosts] = []
+    incomplete: list[str] = []
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.store] = counts.get(run.store, 0) + 1
+    for run in runs:
+        c, missing = store_costs(run)
+        if c is None:
+            incomplete.append(f"{run.store} ({run.source}): missing {', '.join(missing)}")
+        else:
+            costs.append(replace(c, store=f"{run.store} ({run.source})") if counts[run.store] > 1 else c)
+    return costs, incomplete
 
 
 def e2e_runs(results: ResultSet) -> list[tuple[str, dict[str, Any], float | None]]:
@@ -124,11 +141,15 @@ def ranker_capacities(results: ResultSet) -> list[RankerCapacity]:
     """Measured ranking throughput: serve_bench rows, and each e2e run's max rate within its budget."""
     caps: list[RankerCapacity] = []
     for res in results.of_kind("serve_bench"):
-        rows = res.data.get("rows") if isinstance(res.data.get("rows"), list) else []
-        for row in rows:
-            rps, c, n = (number(pick(row, k)) for k in ("requests_per_s", "candidates", "seq_len"))
+        cells = res.data.get("cells") if isinstance(res.data.get("cells"), list) else []
+        for cell in cells:
+            if not isinstance(cell, dict):
+                continue
+            rps, c, n = (number(pick(cell, k)) for k in ("requests_per_s", "candidates", "seq_len"))
             if rps and c and n:
-                label = f"{row.get('model', '?')} on {row.get('device', '?')} ({row.get('dtype', '')}, serve-bench)"
+                compiled = ", compiled" if cell.get("compiled") else ""
+                label = (f"{cell.get('model', '?')} on {cell.get('device', '?')} "
+                         f"({cell.get('dtype', '?')}{compiled}, C={int(c)}, serve-bench)")
                 caps.append(RankerCapacity(label, rps, int(c), int(n), res.label))
     for source, run, budget in e2e_runs(results):
         rps = number(pick(run, "max_rate_within_budget_per_s", "max_rate_within_budget", "max_rate_per_s"))

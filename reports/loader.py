@@ -107,7 +107,9 @@ def load_file(path: Path, problems: list[str]) -> Result | None:
         problems.append(f"{path} has kind {kind!r}, which this report does not know "
                         f"(known: {', '.join(KNOWN_KINDS)}); skipped")
         return None
-    return Result(kind=kind, path=path, data=data, hlogs=sorted(path.parent.glob("*.hlog")))
+    # replay results keep their HDR interval logs in hdr/ (older layouts: beside the JSON)
+    hlogs = sorted(path.parent.glob("*.hlog")) + sorted(path.parent.glob("hdr/*.hlog"))
+    return Result(kind=kind, path=path, data=data, hlogs=hlogs)
 
 
 def load_results(paths: Iterable[str | Path]) -> ResultSet:

@@ -23,11 +23,17 @@ ASSUMPTIONS: tuple[str, ...] = (
     "Every appended event is applied on every replica in every zone; appends are spread evenly over the day "
     "(events per user per day × users ÷ 86,400 s).",
     "CPU per read = measured CPU seconds per read × N ÷ the sequence length read in the measured run "
-    "(read cost grows linearly with events returned). CPU per append = measured CPU seconds per appended event.",
+    "(read cost grows linearly with events returned). CPU per appended event = measured CPU seconds per append "
+    "operation ÷ events per append operation. Where a run records only its CPU per operation over its mix of "
+    "reads and appends, that blended figure is used for both (the costs table says so).",
     "Cores per zone = busy cores ÷ target CPU utilisation; nodes for CPU = cores ÷ node cores.",
-    "DRAM per zone = index bytes per user × users × replication + (update buffer + block cache) on every node; "
-    "the buffer and cache are per-node sizes from the measured run's store options.",
-    "SSD per zone = bytes per event × N × users × space amplification × (1 + SSD headroom) × replication.",
+    "DRAM per zone = index bytes per user × users × replication + (update buffer + block cache) on every node. "
+    "Index bytes per user: SeqVault's DRAM hash index; RocksDB's table-reader memory outside the block cache "
+    "(its index and filter blocks live in the cache). Buffer = configured memtables or the measured update "
+    "buffer; cache = the configured block cache, both per node as in the measured run.",
+    "SSD per zone = bytes per event × N × users × space amplification × (1 + SSD headroom) × replication. "
+    "Bytes per event are measured on disk (files, WAL and dead space included), so space amplification is "
+    "already in them and its factor is 1.",
     "Nodes per zone = the largest of the CPU, DRAM and SSD needs, and at least the replication factor "
     "(each replica on its own node). Totals = per zone × zones.",
     "Ranking devices per zone = peak QPS ÷ zones ÷ (measured requests/s per device × measured candidates ÷ "

@@ -121,18 +121,27 @@ def test_plan_from_fixture_results() -> None:
     assert set(runs) == {"rocksdb_lastn", "rocksdb_packed", "seqvault"}
     costs, missing = store_costs(runs["seqvault"])
     assert missing == [] and costs is not None
-    assert costs.cpu_s_per_read == 1.1e-4 and costs.measured_seq_len == 1000
-    assert costs.index_bytes_per_user == pytest.approx(640_000 / 20_000)
-    assert costs.buffer_bytes_per_node == 32 * 2**20 and costs.cache_bytes_per_node == 0
+    # the fixture's blended 7e-5 CPU s per op; appends carry 480,000 events in 240,000 operations
+    assert costs.cpu_s_per_read == 7e-5 and costs.cpu_s_per_append == pytest.approx(3.5e-5)
+    assert costs.measured_seq_len == 1000 and costs.space_amplification == 1.0
+    assert costs.index_bytes_per_user == pytest.approx(640_000 / 20_000)  # stats.index_bytes / stats.users
+    assert costs.buffer_bytes_per_node == 12 * 2**20 and costs.cache_bytes_per_node == 0
+    rocks, _ = store_costs(runs["rocksdb_lastn"])
+    assert rocks.buffer_bytes_per_node == 32 * 2**20  # 2 memtables of 16 MiB
+    assert rocks.cache_bytes_per_node == 64 * 2**20
+    assert rocks.index_bytes_per_user == pytest.approx(1_900_000 / 20_000)  # users taken from SeqVault's stats
     all_costs = [store_costs(r)[0] for r in runs.values()]
     caps = ranker_capacities(results)
-    assert len(caps) == 4  # two serve-bench rows, two e2e runs
+    assert len(caps) == 5  # three serve-bench cells, two e2e runs
     p = plan(PlanInputs(), all_costs, caps)
     by_store = {s["store"]: s for s in p["stores"]}
-    # the fixture's SeqVault is cheaper per read, so it needs fewer cores than RocksDB LastN
+    # the fixture's SeqVault is cheaper per operation and per event on disk than RocksDB LastN
     assert by_store["seqvault"]["cores_zone"] < by_store["rocksdb_lastn"]["cores_zone"]
     assert by_store["seqvault"]["ssd_bytes_zone"] < by_store["rocksdb_lastn"]["ssd_bytes_zone"]
+    # serve-bench laser at C=200 has L=100 and L=1000 cells: only the L=1000 one is planned with N=1000
     assert len(p["rankers"]) == 4 and p["assumptions"]
+    laser200 = next(r for r in p["rankers"] if r["label"].startswith("laser on cpu (fp32, C=200"))
+    assert laser200["seq_len"] == 1000
 
 
 def test_store_missing_costs_names_what_is_missing() -> None:
@@ -140,4 +149,4 @@ def test_store_missing_costs_names_what_is_missing() -> None:
     (run,) = store_runs(results)
     costs, missing = store_costs(run)
     assert costs is None
-    assert "cpu_s_per_op.read" in missing and "bytes_per_event" in missing
+    assert "cpu.cpu_s_per_op" in missing and "disk.bytes_per_event" in missing
