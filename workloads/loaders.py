@@ -151,21 +151,22 @@ class _DoubleColonReader(io.RawIOBase):
     """Byte stream that turns the ``::`` delimiter into a tab, since Arrow's CSV reader takes a
     single-character delimiter."""
 
-    def __init__(self, raw: io.BufferedReader) -> None:
-        self.raw, self.carry, self.out = raw, b"", b""
+    def __init__(self, raw: Any, read_size: int = 1 << 20) -> None:
+        self.raw, self.read_size, self.carry, self.out = raw, read_size, b"", b""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
         while not self.out:
-            data = self.raw.read(1 << 20)
+            data = self.raw.read(self.read_size)
             if not data:
                 self.out, self.carry = self.carry, b""
                 break
             data = self.carry + data
-            # A trailing ':' may be half of a '::' split across reads: keep it for the next read.
-            self.carry = b":" if data.endswith(b":") else b""
+            # An odd run of trailing ':' ends in half of a '::' split across reads: keep that half.
+            run = len(data) - len(data.rstrip(b":"))
+            self.carry = b":" if run % 2 else b""
             self.out = (data[:-1] if self.carry else data).replace(b"::", b"\t")
         n = min(len(buf), len(self.out))
         buf[:n] = self.out[:n]
@@ -204,7 +205,7 @@ class _Collector:
                 bad |= np.asarray(idx.is_null().to_numpy(zero_copy_only=False))
                 codes = np.array(list(actions.values()), dtype=np.int64)
                 values = codes[np.asarray(idx.fill_null(0).to_numpy(zero_copy_only=False))]
-                return values, bad, [f"unknown action (mapped: {', '.join(actions)})"]
+                return values, bad, [f"an action the mapping knows ({', '.join(actions)})"]
             if scale is not None:
                 ok = pc.match_substring_regex(text, _NUM_RE)
                 bad |= ~np.asarray(ok.to_numpy(zero_copy_only=False))
@@ -235,13 +236,13 @@ class _Collector:
             if num.dtype.kind not in "iuf":
                 raise LogFormatError(f"{self.path}: column {column!r} has type {arr.type}, not a number",
                                      str(self.path), None, column)
-        reasons = ["not a number" if scale is not None else "not an integer"]
+        reasons = ["a number" if scale is not None else "an integer"]
         if scale is not None or num.dtype.kind == "f":
             num = num.astype(np.float64) * (scale or 1.0)
             frac = np.abs(num - np.rint(num)) > 1e-6
             bad |= frac & ~bad
             num = np.where(bad, 0, np.rint(num))
-            reasons.append(f"not an integer after scaling by {scale or 1}")
+            reasons.append(f"an integer after scaling by {scale or 1}")
         info = np.iinfo(dtype)
         if num.dtype.kind == "f":
             out_of_range = (num < info.min) | (num > info.max)
@@ -252,7 +253,7 @@ class _Collector:
             out_of_range = (num < max(info.min, np.iinfo(np.int64).min)) | (num > min(info.max, np.iinfo(np.int64).max))
         bad |= out_of_range
         values = np.where(bad, 0, num).astype(dtype)
-        reasons.append(f"out of range for {dtype}")
+        reasons.append(f"a value in [{info.min}, {info.max}] ({dtype})")
         return values, bad, reasons
 
     def add(self, batch: pa.RecordBatch, line_of: Any) -> None:
@@ -260,7 +261,7 @@ class _Collector:
         n = batch.num_rows
         parsed: dict[str, np.ndarray] = {}
         bad_any = np.zeros(n, dtype=bool)
-        first_bad: tuple[int, str, str] | None = None
+        problems: list[tuple[str, np.ndarray, str]] = []  # column, bad mask, what is wrong
         targets = [("user_id", m.user, np.dtype(np.uint64), None, None),
                    ("ts", m.time, np.dtype(np.int64), None, None)]
         targets += [(f, c, self.schema.dtype(f), m.scales.get(f), m.actions if f == "action" else None)
@@ -275,16 +276,15 @@ class _Collector:
                 values = np.where(bad, 0, values) * factor
             parsed[fname] = values
             if bad.any():
-                i = int(np.argmax(bad))
-                text = batch.column(column)[i].as_py()
-                if first_bad is None or i < first_bad[0]:
-                    first_bad = (i, column, f"value {text!r} is {reasons[0] if len(reasons) == 1 else 'invalid'}"
-                                 f" ({' / '.join(reasons)})" if fname != "action" else
-                                 f"value {text!r}: {reasons[0]}")
+                what = "expected " + " and ".join(reasons)
+                problems.append((column, bad, what))
                 bad_any |= bad
-        if first_bad is not None:
-            i, column, msg = first_bad
-            self._bad(msg, line_of(i), column)
+        if problems:
+            # In error mode the first bad row raises; otherwise the first few become examples.
+            for i in np.flatnonzero(bad_any)[: 1 if not self.skip else max(0, 5 - len(self.examples))]:
+                column, _, what = next(p for p in problems if p[1][i])
+                text = batch.column(column)[int(i)].as_py()
+                self._bad(f"value {text!r}: {what}", line_of(int(i)), column)
             self.skipped += int(bad_any.sum())
         keep = ~bad_any
         self.uids.append(parsed.pop("user_id")[keep])
@@ -322,15 +322,26 @@ def _read_csv(path: Path, mapping: ColumnMapping, collector: _Collector) -> int:
             stream, delimiter = io.BufferedReader(_DoubleColonReader(raw)), "\t"
         elif len(delimiter) != 1:
             raise ValueError(f"delimiter must be one character or '::', got {delimiter!r}")
+        needed_names = names
         invalid: list[int] = []
+        first_invalid: list[tuple[int | None, str]] = []
 
         def on_invalid(row: Any) -> str:
+            # Arrow swallows exceptions raised here, so a failure is raised from the loop below,
+            # after any earlier bad value in the same batch.
             line = row.number if row.number is not None else -1
             invalid.append(line)
-            collector._bad(f"expected {row.expected_columns} columns, found {row.actual_columns}: "
-                           f"{row.text[:80]!r}", line if line >= 0 else None, None)
-            collector.skipped += 1
+            msg = f"expected {len(needed_names)} columns, found {row.actual_columns}: {row.text[:80]!r}"
+            if collector.skip:
+                collector._bad(msg, line if line >= 0 else None, None)
+                collector.skipped += 1
+            elif not first_invalid:
+                first_invalid.append((line if line >= 0 else None, msg))
             return "skip"
+
+        def raise_invalid() -> None:
+            line, msg = first_invalid[0]
+            collector._bad(msg, line, None)
 
         reader = pacsv.open_csv(
             stream,
@@ -357,8 +368,17 @@ def _read_csv(path: Path, mapping: ColumnMapping, collector: _Collector) -> int:
                     line += k2 - k
                     k = k2
 
-            collector.add(batch, line_of)
+            try:
+                collector.add(batch, line_of)
+            except LogFormatError as e:
+                if first_invalid and (e.line is None or (first_invalid[0][0] or 0) < e.line):
+                    raise_invalid()
+                raise
+            if first_invalid and batch.num_rows and (first_invalid[0][0] or 0) <= line_of(batch.num_rows - 1):
+                raise_invalid()
             rows += batch.num_rows
+        if first_invalid:
+            raise_invalid()
         return rows + len(invalid)
     except pa.ArrowInvalid as e:
         raise LogFormatError(f"{path}: cannot parse as CSV: {e}", str(path), None, None) from e
