@@ -9,7 +9,10 @@ from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
 # tail points that make an HDR-style plot: 0%, 50%, 90%, 99%, ... spaced evenly in log(1 / (1 - p))
-CURVE_PERCENTILES: tuple[float, ...] = (*(round(100 * (1 - 10 ** (-k / 10)), 6) for k in range(0, 51)), 100.0)
+# (plus the usual named percentiles, so hovering shows exact p50/p99/p99.9 values)
+CURVE_PERCENTILES: tuple[float, ...] = tuple(sorted(
+    {round(100 * (1 - 10 ** (-k / 10)), 6) for k in range(0, 51)} | {50.0, 90.0, 99.0, 99.9, 99.99, 99.999, 100.0}
+))
 
 
 @dataclass
