@@ -27,6 +27,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "Train a ranking model on a workload's CTR task; report AUC and log loss."),
     "paper-tables": ("storagebench.cli.paper_tables", "paper_tables",
                      "Reproduce the shape of the LASER paper's Tables 2-4 on a workload."),
+    "report": ("storagebench.cli.report", "report",
+               "Render result directories into one self-contained HTML report."),
+    "plan": ("storagebench.cli.plan", "plan",
+             "Capacity plan (nodes, cores, DRAM, SSD, GPUs) from measured per-operation costs."),
 }
 
 
