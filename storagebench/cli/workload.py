@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,10 @@ def import_cmd(log: Path, fmt: str, mapping: str | None, live_fraction: float, s
                skip_bad_rows: bool, out: Path, overwrite: bool) -> None:
     """Import the event log LOG as a workload and save it to --out."""
     try:
-        wl = import_log(log, format=fmt, mapping=mapping, live_fraction=live_fraction,
-                        skip_bad_rows=skip_bad_rows, split_time_ms=split_time)
+        with warnings.catch_warnings():  # the skipped rows are reported below instead
+            warnings.simplefilter("ignore", UserWarning)
+            wl = import_log(log, format=fmt, mapping=mapping, live_fraction=live_fraction,
+                            skip_bad_rows=skip_bad_rows, split_time_ms=split_time)
         path = wl.save(out, progress=True, overwrite=overwrite)
     except (LogFormatError, ValueError, TypeError, FileExistsError, OSError) as e:
         raise click.ClickException(str(e)) from e
