@@ -56,4 +56,5 @@ def make_config(name: str, config: ModelConfig | None = None, *, paper: bool = F
 
 def build_model(name: str, config: ModelConfig | None = None, **overrides: Any) -> RankingModel:
     """A freshly initialised model ``name`` (one of ``MODEL_NAMES``) built from ``config`` + ``overrides``."""
-    return _MODELS[name][0](make_config(name, config, **overrides))
+    config = make_config(name, config, **overrides)   # validates the name first
+    return _MODELS[name][0](config)
