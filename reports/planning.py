@@ -132,7 +132,7 @@ def plan_store(inputs: PlanInputs, costs: StoreCosts) -> dict[str, float | int |
     usable_dram = inputs.node_dram_gib * GIB - per_node_fixed
     if usable_dram <= 0:
         raise PlanningError(
-            f"{costs.store}: a node's DRAM ({inputs.node_dram_gib} GiB) does not even hold the update buffer "
+            f"{costs.store}: a node's DRAM ({inputs.node_dram_gib:g} GiB) does not even hold the update buffer "
             f"and block cache ({per_node_fixed / GIB:.2f} GiB); choose nodes with more DRAM")
     nodes_dram = ceil_count(index_bytes_zone / usable_dram)
 
