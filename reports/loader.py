@@ -3,6 +3,18 @@
 A result directory holds one JSON file with a ``"kind"`` key (``table1``, ``run``, ``e2e``, ``flops``,
 ``paper_tables``, ``serve_bench``) and, for replay runs, HDR interval logs (``*.hlog``) beside it.
 A path given on the command line may be such a directory, a parent of several, or a JSON file.
+
+Formats read: ``table1``/``run`` as documented in ``storagebench/results.py`` (HDR logs in ``hdr/``);
+``flops``, ``paper_tables`` and ``serve_bench`` as written by those commands; and ``e2e``::
+
+    kind "e2e", budget_ms, machine, workload, and runs: [ {            (or one run at the top level)
+        store, model, device, seq_len, candidates, top_k, rate_per_s, batching {max_batch, max_wait_ms},
+        stages {queue|fetch|decode|h2d|forward|total: {p50_ms, p99_ms, p999_ms}},  from the intended start
+        max_rate_within_budget_per_s,    the highest rate whose total p99 stays inside budget_ms
+        wire_bytes {raw, zstd, zstd_dict},  bytes per request from storage node to ranker
+        budget_ms (optional, overrides the file's) } ]
+
+Every key is optional to the report: what is absent is shown as missing, never guessed.
 """
 
 from __future__ import annotations
