@@ -6,7 +6,10 @@ slowing the generator down (no coordinated omission). Two latencies are kept per
 
 - ``latency``: reply received minus *intended* start (what a caller would see, like wrk2 and YCSB's
   intended latency), and
-- ``service``: the store call alone, timed inside the node.
+- ``service``: the store call alone, timed inside the node, and
+- ``from_send``: reply minus the moment the request was actually sent. Not a valid latency on its
+  own (it hides queueing the generator itself caused); it is there to tell generator stalls (a
+  loaded machine) apart from store stalls: latency - from_send = dispatch lag.
 
 A run whose backlog grew (intended-start latency at the end of the window well above that at the
 start, or operations still unanswered) is flagged ``backlog.grew``: its percentiles describe an
@@ -141,6 +144,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     lat_us = np.maximum((done[m0:] - intended[m0:]) // 1000, 1)
     svc_us = np.maximum((svc_end[m0:] - svc_start[m0:]) // 1000, 1)
     lag_us = (sent[m0:] - intended[m0:]) // 1000
+    # From the actual send: not coordinated-omission safe, kept only to separate generator stalls.
+    from_send_us = np.maximum((done[m0:] - sent[m0:]) // 1000, 1)
     per_op: dict[str, Any] = {}
     for k, name in enumerate(OP_NAMES):
         sel = ok & (kinds[m0:] == k)
@@ -149,8 +154,11 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
             lat_h.record_value(int(v))
         for v in svc_us[sel]:
             svc_h.record_value(int(v))
+        send_h = new_histogram()
+        for v in from_send_us[sel]:
+            send_h.record_value(int(v))
         per_op[name] = {"latency": latency_summary(lat_h), "service": latency_summary(svc_h),
-                        "count": int(np.count_nonzero(kinds[m0:] == k))}
+                        "from_send": latency_summary(send_h), "count": int(np.count_nonzero(kinds[m0:] == k))}
         if hist_log_dir:
             for metric, values in (("latency", lat_us), ("service", svc_us)):
                 _write_interval_log(os.path.join(hist_log_dir, f"{log_prefix}{name}.{metric}.hlog"),

@@ -25,7 +25,9 @@ Per-store block (``rows[name]``)::
     cpu_cores, cpu_usage_pct, p50_ms, p99_ms, p999_ms, disk_bytes, ops_per_s   Table 1 headline values;
         latencies are reads, from the intended start (coordinated omission corrected)
     valid           false if the backlog grew during the window (percentiles then not valid)
-    latency         {append|read: {latency: summary, service: summary, count}}; a summary is
+    latency         {append|read: {latency: summary, service: summary, from_send: summary, count}};
+                    latency is from the intended start, service the store call alone, from_send from
+                    the actual send (diagnostic only: excludes generator stalls); a summary is
                     {p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms, count}
     all_ops_latency summary over both op types
     offered_ops_per_s, achieved_ops_per_s

@@ -36,6 +36,8 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None
         if s not in known:
             raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
     console = Console()
+    if not console.is_terminal:  # tox, CI logs, pipes: do not squeeze the tables to 80 columns
+        console = Console(width=160)
     node, generator = parse_cpus(node_cpus)
     cfg = build_config(SCALES[scale], io=io, speed=speed, rate=rate, warmup_s=warmup_s, window_s=window_s,
                        max_len=max_len, compression=compression, target_qps=target_qps,

@@ -29,6 +29,8 @@ def table1(workload_dir: str | None, scale: str, users: int | None, seed: int, i
     from storagebench.experiments.table1 import SCALES, render_tables, run_table1
 
     console = Console()
+    if not console.is_terminal:  # tox, CI logs, pipes: do not squeeze the tables to 80 columns
+        console = Console(width=160)
     node, generator = parse_cpus(node_cpus)
     cfg = build_config(SCALES[scale], io=io, speed=speed, rate=rate, warmup_s=warmup_s, window_s=window_s,
                        max_len=max_len, compression=compression, target_qps=target_qps,
