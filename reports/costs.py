@@ -84,7 +84,8 @@ def store_costs(run: StoreRun) -> tuple[StoreCosts | None, list[str]]:
                          index_per_user)):
         if value is None:
             missing.append(name)
-    wbs, nwb = number(run.get("config.write_buffer_size")), number(run.get("config.max_write_buffer_number"))
+    wbs = number(run.get("config.write_buffer_bytes", "config.write_buffer_size"))
+    nwb = number(run.get("config.max_write_buffer_number"))
     buffer = _first_number(wbs * nwb if wbs is not None and nwb is not None else None,
                            run.get("stats.buffer_bytes"), run.get("stats.cur-size-all-mem-tables"))
     cache = number(run.get("config.block_cache_bytes"))
