@@ -2,11 +2,11 @@
 
 Each ranking request sits at the time of one of a user's clicks: the candidates are that click (and,
 with ``positives > 1``, the user's following clicks) as positives plus ``negatives`` items sampled by
-click popularity, each with the category it was clicked under. The request's history is the user's
-events *strictly before* the request time, newest ``max_len`` of them, so nothing from the moment of
-the click or later leaks in. Requests are split by time like the paper (section 4.1.1): train on the
-earliest, validate on the next, test on the latest. Everything is vectorised NumPy and deterministic
-in the seed.
+click popularity so far (from anyone's clicks before the request), each with the category it was
+clicked under. The request's history is the user's events *strictly before* the request time, newest
+``max_len`` of them, so nothing from the moment of the click or later leaks in. Requests are split by
+time like the paper (section 4.1.1): train on the earliest, validate on the next, test on the latest.
+Everything is vectorised NumPy and deterministic in the seed.
 """
 
 from __future__ import annotations
@@ -110,10 +110,11 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
     rng = np.random.default_rng(cfg.seed)
     anchors = _pick_anchors(clicks, users, user_start, run_start, cfg, rng)  # positions in `clicks`
     pos_events = clicks[anchors[:, None] + np.arange(cfg.positives)]         # [R, P]
+    neg_events, kept = _sample_negatives(clicks, ts, events[cfg.item_field], pos_events, ts[pos_events[:, 0]],
+                                         cfg.negatives, rng)
+    pos_events = pos_events[kept]
     anchor_ev = pos_events[:, 0]
     r = len(anchor_ev)
-
-    neg_events = _sample_negatives(clicks, events[cfg.item_field], pos_events, cfg.negatives, rng)
     cand_events = np.concatenate([pos_events, neg_events], axis=1)           # [R, C]
     labels = np.zeros(cand_events.shape, dtype=np.float32)
     labels[:, :cfg.positives] = 1.0
@@ -210,21 +211,30 @@ def _pick_anchors(clicks: np.ndarray, users: np.ndarray, user_start: np.ndarray,
     return np.sort(cand[order[rank < cfg.requests_per_user]])
 
 
-def _sample_negatives(clicks: np.ndarray, item_ids: np.ndarray, pos_events: np.ndarray, k: int,
-                      rng: np.random.Generator, max_redraws: int = 8) -> np.ndarray:
-    """``k`` click events per request drawn uniformly (so items by click popularity), re-drawing any
-    whose item equals one of the request's positives."""
-    r = len(pos_events)
+def _sample_negatives(clicks: np.ndarray, ts: np.ndarray, item_ids: np.ndarray, pos_events: np.ndarray,
+                      request_time_ms: np.ndarray, k: int, rng: np.random.Generator,
+                      max_redraws: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` negatives per request drawn uniformly from the clicks (of anyone) strictly before the request
+    time -- items by their click popularity so far -- re-drawing any whose item is one of the request's
+    positives. Drawing only from the past keeps later clicks (the test period's positives) out of the
+    training negatives. Returns (negatives [R', k], kept request rows): requests with no earlier click
+    anywhere are dropped."""
+    by_time = clicks[np.argsort(ts[clicks], kind="stable")]
+    n_before = np.searchsorted(ts[by_time], request_time_ms, side="left")
+    keep = np.flatnonzero(n_before > 0)
+    r = len(keep)
     if k == 0 or r == 0:
-        return np.empty((r, k), dtype=np.int64)
-    neg = clicks[rng.integers(0, len(clicks), size=(r, k))]
-    pos_items = item_ids[pos_events]
+        return np.empty((r, k), dtype=np.int64), keep
+    limit = n_before[keep][:, None]
+    neg = by_time[(rng.random((r, k)) * limit).astype(np.int64)]
+    pos_items = item_ids[pos_events[keep]]
     for _ in range(max_redraws):
         clash = (item_ids[neg][:, :, None] == pos_items[:, None, :]).any(axis=2)
         if not clash.any():
             break
-        neg[clash] = clicks[rng.integers(0, len(clicks), size=int(clash.sum()))]
-    return neg
+        rows = np.nonzero(clash)[0]
+        neg[clash] = by_time[(rng.random(len(rows)) * limit[rows, 0]).astype(np.int64)]
+    return neg, keep
 
 
 def _cut(sorted_times: np.ndarray, share: float) -> int:

@@ -11,6 +11,17 @@ from storagebench.ctr import CTRSplits, CTRTaskConfig, build_ctr_task
 CLICK, VIEW = 2, 1
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Tiny models on a shared 2-core machine run several times faster on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_events(n_users: int = 40, per_user: int = 80, seed: int = 0
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Events with duplicate timestamps inside a user, in shuffled order."""
@@ -113,3 +124,127 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         build_ctr_task(users, {k: v for k, v in cols.items() if k != "category"}, CFG)
     with pytest.raises(ValueError, match="test_fraction"):
         CTRTaskConfig(valid_fraction=0.5, test_fraction=0.5)
+
+
+def test_negatives_are_clicks_from_before_the_request(task) -> None:  # type: ignore[no-untyped-def]
+    splits, _, cols = task
+    click_ts = cols["ts"][cols["action"] == CLICK]
+    click_pairs = set(zip(cols["item_id"][cols["action"] == CLICK].tolist(),
+                          cols["category"][cols["action"] == CLICK].tolist(), strict=True))
+    for data in (splits.train, splits.test):
+        for i in range(len(data)):
+            neg = data.labels[i] == 0
+            for item, cat in zip(data.cand_item_ids[i][neg], data.cand_side["category"][i][neg], strict=True):
+                assert (int(item), int(cat)) in click_pairs
+            # Every negative's item was clicked by someone before this request.
+            earliest = {}
+            for item in data.cand_item_ids[i][neg]:
+                m = (cols["item_id"] == item) & (cols["action"] == CLICK)
+                earliest[int(item)] = cols["ts"][m].min()
+            assert all(t < data.request_time_ms[i] for t in earliest.values())
+    assert click_ts.min() < splits.train.request_time_ms.min()
+
+
+# -- planted long-range signal, end to end with the real models ----------------------------------
+
+def planted_events(n_users: int, old: int = 20, recent: int = 100, seed: int = 0
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each user: ``old`` views of their interest category (categories 1-30), then ``recent`` views of
+    noise categories (31-60), then one click on an item of the interest. Whether a candidate's category
+    is the user's interest is visible only more than ``recent`` events back."""
+    rng = np.random.default_rng(seed)
+    n = old + recent + 1
+    interest = rng.integers(1, 31, size=n_users)
+    cat = rng.integers(31, 61, size=(n_users, n))
+    cat[:, :old] = interest[:, None]
+    cat[:, -1] = interest
+    action = np.full((n_users, n), VIEW)
+    action[:, -1] = CLICK
+    ts = (10**12 + rng.integers(0, 10**9, size=n_users))[:, None] + np.arange(n) * 60_000
+    users = np.repeat(np.arange(n_users, dtype=np.uint64), n)
+    cols = {"item_id": (cat * 1000 + rng.integers(0, 200, size=cat.shape)).ravel(), "ts": ts.ravel(),
+            "action": action.ravel(), "scenario": rng.integers(0, 3, size=users.size), "category": cat.ravel()}
+    return users, cols
+
+
+def test_tiny_training_run_beats_chance_only_with_the_long_history() -> None:
+    import torch
+
+    from rankers.registry import build_model
+    from rankers.training import evaluate, fit
+    from storagebench.ctr import model_shape
+
+    users, cols = planted_events(2000)
+    splits = build_ctr_task(users, cols, CTRTaskConfig(max_len=128, requests_per_user=1, negatives=4,
+                                                       click_action=CLICK))
+    aucs = {}
+    for name in ("laser", "base"):                   # base reads only the newest 100 events
+        torch.manual_seed(0)
+        model = build_model(name, d=16, **model_shape(splits))
+        fit(model, splits.train, splits.valid, epochs=4, batch_size=32, lr=3e-3, device="cpu", progress=False)
+        aucs[name] = evaluate(model, splits.test)["auc"]
+    assert aucs["laser"] > 0.75, aucs
+    assert aucs["base"] < 0.62, aucs
+
+
+# -- the commands, on a small stand-in workload --------------------------------------------------
+
+class StandInWorkload:
+    def __init__(self, users: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        order = np.lexsort((cols["ts"], users))
+        self.users, self.cols = users[order], {k: v[order] for k, v in cols.items()}
+
+    def iter_backfill(self, chunk_events: int = 1_000_000):  # type: ignore[no-untyped-def]
+        half = int(np.searchsorted(self.users, self.users[len(self.users) // 2]))
+        for a, b in ((0, half), (half, len(self.users))):
+            yield self.users[a:b], {k: v[a:b] for k, v in self.cols.items()}
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    import storagebench.ctr as ctr
+
+    monkeypatch.setattr(ctr, "load_workload", lambda path, scale, seed: StandInWorkload(*random_events(seed=seed)))
+    monkeypatch.setattr(ctr, "_click_action", lambda cfg: CLICK)
+
+
+def test_train_command_writes_train_json(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from storagebench.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--model", "din", "--seq-len", "32", "--epochs", "1", "--d", "8",
+                                    "--max-users", "30", "--device", "cpu", "--no-progress",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "train.json").read_text())
+    assert report["kind"] == "train" and report["model"] == "din"
+    assert 0.0 <= report["test"]["auc"] <= 1.0 and report["test"]["logloss"] > 0
+    assert report["task"]["requests"]["train"] > 0 and "test AUC" in res.output
+
+
+def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from storagebench.cli import main
+
+    args = ["paper-tables", "--tables", "3,4", "--seq-len", "40", "--epochs", "1", "--d", "8",
+            "--max-users", "20", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "paper_tables.json").read_text())
+    assert report["kind"] == "paper_tables" and report["complete"]
+    assert sorted(report["runs"]) == sorted(["laser", "laser:softmax", "laser:no_ffn_ln", "laser:no_ln",
+                                             "laser:no_fusion", "laser:no_recency", "laser:w5", "laser:w20"])
+    t3, t4 = report["tables"]["table3"], report["tables"]["table4"]
+    laser_auc = report["runs"]["laser"]["test"]["auc"]
+    assert len(t3) == 5 and all(r["delta_auc_pts"] == pytest.approx((r["auc"] - laser_auc) * 100) for r in t3)
+    assert [r["window"] for r in t4] == [5, 10, 20]
+    rel = [r["relative_flops_paper_setting"] for r in t4]
+    assert rel[1] == pytest.approx(1.0) and rel[0] > 1.0 > rel[2]
+    res2 = CliRunner().invoke(main, [*args, "--resume"])
+    assert res2.exit_code == 0 and "8 finished runs reused" in res2.output

@@ -17,7 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
-from storagebench.cli.train import build_task, jsonable, task_options, train_one
+from storagebench.cli.train import build_task, jsonable, set_threads, task_options, train_one
 
 # The paper's figures (Xiaohongshu Ads, L=1000, d=128): AUC, AUC gain in points, FLOPs.
 PAPER_TABLE2: dict[str, tuple[float, float | None, float | None]] = {
@@ -156,8 +156,8 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
               help="Reuse finished runs from OUT/paper_tables.json made with the same settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def paper_tables(workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-                 negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int, seq_len: int,
-                 epochs: int, tables: str, out: str, resume: bool,
+                 negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int,
+                 threads: int | None, seq_len: int, epochs: int, tables: str, out: str, resume: bool,
                  no_progress: bool) -> None:
     """Reproduce the shape of the paper's Table 2 (Base, DIN, TWIN, HSTU, Transformer, LASER: AUC, gain
     over Base, FLOPs), Table 3 (LASER ablations) and Table 4 (segment size w = 5, 10, 20) on a workload.
@@ -172,6 +172,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     if not wanted or wanted - {"2", "3", "4"}:
         raise click.BadParameter(f"{tables!r}: choose among 2, 3, 4 (comma-separated)", param_hint="--tables")
     users = max_users
+    set_threads(threads)
     setting = {"source": workload or f"preset:{scale}", "max_users": users, "requests_per_user": requests_per_user,
                "negatives": negatives, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,
                "seq_len": seq_len, "epochs": epochs}

@@ -29,6 +29,14 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter(f"{threads}: need at least 1 thread", param_hint="--threads")
+        import torch
+        torch.set_num_threads(threads)
+
+
 def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int | None,
                requests_per_user: int, negatives: int, seed: int) -> CTRSplits:
     """Load or generate the workload and build its CTR task (announced on the terminal)."""
@@ -100,6 +108,9 @@ def task_options(max_users: int | None = None) -> Any:
         click.option("--batch-size", type=int, default=256, show_default=True, help="Requests per step."),
         click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
         click.option("--d", "d", type=int, default=32, show_default=True, help="Embedding width."),
+        click.option("--threads", type=int, default=None,
+                     help="Torch CPU threads (default: torch's choice). On a busy shared machine 1 can be "
+                          "several times faster: idle threads spin waiting for each other."),
     ]
 
     def decorate(f: Any) -> Any:
@@ -120,8 +131,8 @@ def task_options(max_users: int | None = None) -> Any:
               help="Directory for train.json.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(model_name: str, workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-          negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int, seq_len: int,
-          epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
+          negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int, threads: int | None,
+          seq_len: int, epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
     """Train a ranking model on a CTR task built from a workload and report AUC and log loss.
 
     Requests sit at users' clicks: the click is the positive, NEGATIVES popularity-sampled items the
@@ -129,6 +140,7 @@ def train(model_name: str, workload: str | None, scale: str, max_users: int | No
     Requests are split by time (70% train, 10% valid, 20% test); the weights of the epoch with the
     best validation AUC are kept and scored on the test split. Writes OUT/train.json.
     """
+    set_threads(threads)
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed)
     overrides = {"d": d, **parse_overrides(sets)}
