@@ -151,7 +151,7 @@ def _resources_section(runs: list) -> dict[str, Any]:
         "I/O amplification during the replay", names,
         {"write (device bytes / logical appended bytes)": [number(r.get("io.write_amplification")) for r in runs],
          "read (device bytes / bytes returned)": [number(r.get("io.read_amplification")) for r in runs]},
-        "chart-amp", "×")
+        "chart-amp", "× (log scale)", log_y=True)  # LastN's read-modify-write amplification dwarfs the rest
     rows = [[r.label, fmt_bytes(r.get("disk_bytes")), fmt_num(r.get("disk.bytes_per_event")),
              fmt_num(r.get("io.write_amplification")), fmt_num(r.get("io.read_amplification")),
              fmt_bytes(r.get("stats.dram_bytes")), fmt_bytes(r.get("stats.index_bytes")),
