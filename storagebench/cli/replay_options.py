@@ -18,15 +18,16 @@ def replay_options(default_out: str) -> Callable:
                      help="A saved workload directory (`storagebench workload generate`). Default: generate one "
                           "at --scale."),
         click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True,
-                     help="Workload preset and window length. small fits 2 cores / 24 GiB in ~10 min; "
-                          "large is for a bigger machine."),
+                     help="Workload preset, replay speed and window. small: ~8 min of measurement on "
+                          "2 cores / 24 GiB; medium and large are for bigger machines."),
         click.option("--users", type=int, help="Override the preset's number of users."),
         click.option("--seed", type=int, default=0, show_default=True, help="Workload and sampling seed."),
         click.option("--io", type=click.Choice(["direct", "buffered"]), default="direct", show_default=True,
                      help="direct: both stores bypass the page cache (SeqVault O_DIRECT, RocksDB direct reads "
                           "with an equal block cache), so the SSD path is measured rather than a DRAM copy of "
                           "the whole data set; falls back to buffered with a warning where O_DIRECT is refused."),
-        click.option("--speed", type=float, help="Replay at the trace's own pace times this (default 1.0)."),
+        click.option("--speed", type=float,
+                     help="Replay at the trace's own pace times this (default: per scale, 0.25 for small)."),
         click.option("--rate", type=float, help="Replay at this mean rate in ops/s instead (burstiness kept)."),
         click.option("--warmup-s", type=float, help="Warm-up seconds, not measured (default: per scale)."),
         click.option("--window-s", type=float, help="Measured window in seconds (default: per scale)."),
@@ -101,7 +102,8 @@ def build_config(scale_defaults: dict[str, Any], *, io: str, speed: float | None
     rocks = {"compression": compression}
     try:
         return RunConfig(
-            io=io, max_len=max_len, rate=rate, speed=None if rate is not None else (speed or 1.0),
+            io=io, max_len=max_len, rate=rate,
+            speed=None if rate is not None else (speed or scale_defaults.get("speed", 1.0)),
             warmup_s=scale_defaults["warmup_s"] if warmup_s is None else warmup_s,
             window_s=scale_defaults["window_s"] if window_s is None else window_s,
             workers=workers, node_cpus=node_cpus, dram_budget_bytes=dram_budget_bytes,
