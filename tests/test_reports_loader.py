@@ -70,3 +70,16 @@ def test_a_corrupt_hdr_log_does_not_sink_the_report(tmp_path: Path) -> None:
     ctx = build_context(rs)
     # the bad log is skipped or reported; the latency section still shows the recorded percentiles
     assert ctx["latency"]["chart"] is not None
+
+
+def test_reports_reads_result_files_only() -> None:
+    """Dependency direction: reports imports none of storagebench, seqvault, workloads, rankers."""
+    import ast
+
+    forbidden = {"storagebench", "seqvault", "workloads", "rankers"}
+    for path in (Path(__file__).parent.parent / "reports").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
