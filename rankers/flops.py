@@ -46,7 +46,8 @@ def laser_flops_terms(config: LaserConfig, seq_len: int) -> dict[str, float]:
         "sta_projection": n * d * d + n * d * dq,                                   # eq. 13
         "sta_attention": n * dq + n * d,                                            # eq. 14
         "sta_ffn": n_seg * 2 * config.ffn_ratio * d * d if config.sta_ffn else 0,   # eq. 15
-        "gsta": config.gsta_layers * n_seg * (2 * d * d + 2 * d),                   # eq. 17
+        "gsta": config.gsta_layers * (                                              # eq. 17
+            2 * config.heads * n_seg * d + 2 * d * d if config.gsta_absorbed else n_seg * (2 * d * d + 2 * d)),
     }
 
 

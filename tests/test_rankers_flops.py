@@ -60,7 +60,7 @@ def test_measured_matches_analytic_at_paper_setting(name: str) -> None:
 
 
 @pytest.mark.parametrize("overrides", [{"window": 5}, {"window": 20}, {"sta_ffn": False, "sta_layernorm": False},
-                                       {"gsta_layers": 4}, {"max_len": 437}])
+                                       {"gsta_layers": 4}, {"max_len": 437}, {"gsta_absorbed": True}])
 def test_measured_matches_analytic_for_laser_variants(overrides: dict[str, object]) -> None:
     config = paper("laser", d=64, **overrides)
     measured = measured_flops(build_model("laser", config).eval())["sequence"]

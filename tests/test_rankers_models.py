@@ -150,6 +150,14 @@ def test_sigmoid_gate_silences_while_softmax_cannot() -> None:
     torch.testing.assert_close(segments, -torch.ones_like(segments))
 
 
+def test_absorbed_gsta_gives_the_same_scores() -> None:
+    standard = small_model("laser")
+    absorbed = small_model("laser", gsta_absorbed=True)
+    absorbed.load_state_dict(standard.state_dict())
+    history, cands = random_batch([0, 3, 9, 23], seq_len=23, candidates=6)
+    torch.testing.assert_close(absorbed(history, cands), standard(history, cands), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides", [
     {"sta_activation": "softmax"}, {"sta_ffn": False, "sta_layernorm": False}, {"sta_layernorm": False},
     {"fusion": False}, {"use_recency": False}, {"window": 1}, {"window": 20}, {"gsta_layers": 0},

@@ -40,6 +40,9 @@ class LaserConfig(ModelConfig):
     sta_ffn: bool = True                # FFN + residual on segment tokens
     sta_layernorm: bool = True          # LayerNorm after it
     fusion: bool = True                 # max-pool + newest segments next to the GSTA output
+    # Serving optimisation, same outputs: GSTA folds W_k/W_v into the query side instead of projecting
+    # every segment token of every candidate (2 M L' d^2 -> ~2 M h L' d per candidate).
+    gsta_absorbed: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,6 +151,7 @@ class GlobalStackedTargetAttention(nn.Module):
     def __init__(self, config: LaserConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList(TargetAttention(config.d, config.heads) for _ in range(config.gsta_layers))
+        self.absorbed = config.gsta_absorbed
 
     def forward(self, target: torch.Tensor, segments: torch.Tensor, seg_mask: torch.Tensor) -> torch.Tensor:
         """target [B, C, d], segments [B, C, L', d], seg_mask [B, L'] -> z [B, C, d]."""
@@ -157,7 +161,8 @@ class GlobalStackedTargetAttention(nn.Module):
         flat_mask = seg_mask[:, None, :].expand(b, c, n_seg).reshape(b * c, n_seg)
         t = target.reshape(b * c, 1, d)
         for layer in self.layers:
-            t = t + layer(t, flat_segments, flat_mask)
+            attend = layer.forward_absorbed if self.absorbed else layer
+            t = t + attend(t, flat_segments, flat_mask)
         return t.view(b, c, d)
 
 

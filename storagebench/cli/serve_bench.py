@@ -27,13 +27,15 @@ from rankers.registry import MODEL_NAMES
               help="Timed seconds per cell (at least 3 requests each, after one warm-up).")
 @click.option("--max-samples", default=50, show_default=True, type=click.IntRange(min=3),
               help="At most this many timed requests per cell.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Model config override, e.g. --set gsta_absorbed=true --set window=20.")
 @click.option("--small", is_flag=True, help="The model's small default config instead of the paper's d=128 setting.")
 @click.option("--no-compare", is_flag=True, help="Skip the shared-vs-unshared history projection comparison.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True, help="Writes DIR/serve_bench.json.")
 def serve_bench(model: str, seq_lens: tuple[int, ...], cand_counts: tuple[int, ...], device: str,
                 dtypes: tuple[str, ...], compiled: bool, threads: int | None, budget_s: float, max_samples: int,
-                small: bool, no_compare: bool, out_dir: Path) -> None:
+                sets: tuple[str, ...], small: bool, no_compare: bool, out_dir: Path) -> None:
     """Serve ranking requests (one user's history against C candidates) with random weights and inputs
     and report requests/s, candidates/s and latency p50/p99 for every history length L and C.
 
@@ -46,6 +48,13 @@ def serve_bench(model: str, seq_lens: tuple[int, ...], cand_counts: tuple[int, .
 
     from rankers.registry import build_model, make_config
     from rankers.serving import format_results, resolve_device, serving_grid, shared_vs_unshared
+    from storagebench.cli.flops import parse_sets
+
+    overrides = parse_sets(sets)
+    try:
+        make_config(model, **overrides)
+    except (TypeError, ValueError) as e:
+        raise click.BadParameter(str(e), param_hint="--set") from e
 
     if threads:
         torch.set_num_threads(threads)
@@ -61,6 +70,7 @@ def serve_bench(model: str, seq_lens: tuple[int, ...], cand_counts: tuple[int, .
         for dtype, comp in variants:
             results, more = serving_grid(model, seq_lens, cand_counts, device=str(dev), dtype=dtype, compiled=comp,
                                          paper_setting=not small, budget_s=budget_s, max_samples=max_samples,
+                                         config_overrides=overrides,
                                          on_cell=lambda r: bar.advance(task))
             notes += more
             cells += results
@@ -69,7 +79,7 @@ def serve_bench(model: str, seq_lens: tuple[int, ...], cand_counts: tuple[int, .
     comparison = None
     if not no_compare:
         click.echo("comparing shared vs unshared history projections (L=1000, C=500) ...", err=True)
-        config = make_config(model, paper=not small, max_len=1000)
+        config = make_config(model, paper=not small, **{**overrides, "max_len": 1000})
         comparison = {"seq_len": 1000, "candidates": 500,
                       **shared_vs_unshared(build_model(model, config), 1000, 500, device=str(dev), budget_s=budget_s)}
         click.echo(json.dumps(comparison))
@@ -78,6 +88,7 @@ def serve_bench(model: str, seq_lens: tuple[int, ...], cand_counts: tuple[int, .
     doc = {"kind": "serve_bench", "model": model, "device": str(dev),
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(), "paper_setting": not small,
+           "overrides": overrides,
            "cells": [c.as_dict() for c in cells], "shared_vs_unshared": comparison, "notes": notes}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "serve_bench.json").write_text(json.dumps(doc, indent=2))
