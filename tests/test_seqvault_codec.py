@@ -176,7 +176,7 @@ def assert_columns_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray]
         np.testing.assert_array_equal(got[name], col, err_msg=name)
 
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: see conftest
 
 
 # -- round trip ------------------------------------------------------------------------------------

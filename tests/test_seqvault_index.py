@@ -58,7 +58,7 @@ def check_against(idx: HashIndex, model: dict[int, Value], probes: list[int]) ->
     assert as_dict == model
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: see conftest
 @given(ops=st.lists(op_st, max_size=25), capacity=st.integers(1, 20),
        max_load=st.sampled_from([0.5, 0.85, 0.95]), probes=st.lists(keys_st, max_size=10))
 def test_matches_dict_model(ops: list, capacity: int, max_load: float, probes: list[int]) -> None:
