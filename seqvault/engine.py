@@ -158,7 +158,7 @@ class SeqVault:
         callers share fsyncs); otherwise it is in the OS page cache, safe against a process crash.
         """
         self._check_open()
-        uids, cols = self.schema.validate(user_ids, columns)
+        uids, cols = self.schema.validate(as_user_ids(user_ids), columns)
         if len(uids) == 0:
             return
         uids = np.ascontiguousarray(uids)
@@ -173,7 +173,7 @@ class SeqVault:
     def delete(self, user_ids: np.ndarray | Sequence[int], sync: bool = True) -> None:
         """Remove users entirely (privacy requests). Durable (fsynced) on return unless ``sync=False``."""
         self._check_open()
-        uids = np.unique(_cast_integer(user_ids, USER_ID_DTYPE, "user_id"))
+        uids = np.unique(as_user_ids(user_ids))
         if len(uids) == 0:
             return
         with self._job_lock, self._append_lock:
@@ -222,7 +222,7 @@ class SeqVault:
         self._check_open()
         want, need = self._read_fields(fields)
         keep = self._keep(last_n)
-        uid = int(_cast_integer(np.asarray([user_id]), USER_ID_DTYPE, "user_id")[0])
+        uid = int(as_user_ids([user_id])[0])
         with self._state_lock:
             entry = self.index.get(uid)
             dfile = self.files[int(entry.file_id)] if entry is not None else None
@@ -258,7 +258,7 @@ class SeqVault:
         self._check_open()
         want, need = self._read_fields(fields)
         keep = self._keep(last_n)
-        uids = _cast_integer(user_ids, USER_ID_DTYPE, "user_id")
+        uids = as_user_ids(user_ids)
         order = np.argsort(uids, kind="stable")
         sorted_uids = uids[order]
         if len(uids) > 1 and (sorted_uids[1:] == sorted_uids[:-1]).any():
@@ -338,7 +338,7 @@ class SeqVault:
         ``max_len`` merged with what is stored; durable on return. Returns users written."""
         from seqvault import jobs
         self._check_open()
-        uids, cols = self.schema.validate(user_ids, columns)
+        uids, cols = self.schema.validate(as_user_ids(user_ids), columns)
         return jobs.bulk_load(self, uids, cols)
 
     def merge_pending(self) -> int:
@@ -420,3 +420,21 @@ class SeqVault:
 
     def __repr__(self) -> str:
         return f"SeqVault({str(self.directory)!r}, {self.schema!r}, max_len={self.max_len})"
+
+
+def as_user_ids(user_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+    """User ids as uint64, refusing anything that would change a value.
+
+    Plain Python lists get special care: ``np.asarray([0, 2**64 - 1])`` would silently make floats.
+    """
+    if not isinstance(user_ids, np.ndarray):
+        items = list(user_ids)
+        if items and all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in items):
+            try:
+                return np.array(items, dtype=np.uint64)
+            except OverflowError:
+                bad = next(i for i, x in enumerate(items) if not 0 <= int(x) < 2**64)
+                raise SchemaError(f"user id {items[bad]} at row {bad} is out of range for uint64",
+                                  field="user_id", row=bad) from None
+        user_ids = np.asarray(items) if items else np.empty(0, np.uint64)
+    return _cast_integer(user_ids, USER_ID_DTYPE, "user_id")

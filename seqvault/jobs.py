@@ -61,10 +61,14 @@ def bulk_load(sv: SeqVault, uids: np.ndarray, columns: dict[str, np.ndarray]) ->
     if sv.active.events or sv.frozen is not None:
         merge(sv)
     with sv._job_lock:
+        # Start a fresh WAL segment and commit past the old ones: replaying an older delete after
+        # this load would otherwise remove what it wrote.
+        with sv._append_lock:
+            wal_start = sv.wal.rotate() if sv.active.events == 0 else sv.manifest.wal_start
         empty = _Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64), sv.schema.empty_columns())
         rows = _fold(empty, [_Batch(np.ascontiguousarray(uids), columns)])
         _write_sequences(sv, rows, drop_frozen=False)
-        _commit(sv, wal_start=sv.manifest.wal_start)
+        _commit(sv, wal_start=wal_start)
         return len(rows.users)
 
 
