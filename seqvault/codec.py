@@ -43,6 +43,7 @@ Limits: n < 2**32 events and L < 2**32 bytes per record.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Sequence
@@ -121,7 +122,7 @@ def _field_mask(plan: _Plan, fields: Sequence[str] | None) -> tuple[np.ndarray, 
 
 
 # -- encoding ------------------------------------------------------------------------------------
-def _mapped_matrix(columns: dict[str, np.ndarray], plan: _Plan, n_events: int) -> np.ndarray:
+def _check_columns(columns: dict[str, np.ndarray], plan: _Plan, n_events: int) -> list[np.ndarray]:
     missing = [name for name in plan.names if name not in columns]
     if missing:
         raise SchemaError(f"missing column {missing[0]!r} (schema fields: {', '.join(plan.names)})",
@@ -130,7 +131,7 @@ def _mapped_matrix(columns: dict[str, np.ndarray], plan: _Plan, n_events: int) -
     if extra:
         raise SchemaError(f"unexpected column {extra[0]!r} (schema fields: {', '.join(plan.names)})",
                           field=extra[0])
-    mapped = np.empty((len(plan.names), n_events), dtype=np.uint64)
+    cols = []
     for f, name in enumerate(plan.names):
         col = np.asarray(columns[name])
         if col.dtype != plan.dtypes[f]:
@@ -138,11 +139,23 @@ def _mapped_matrix(columns: dict[str, np.ndarray], plan: _Plan, n_events: int) -
                               f"validate the batch with Schema.validate first", field=name)
         if col.shape != (n_events,):
             raise SchemaError(f"column {name!r} has shape {col.shape}, expected ({n_events},)", field=name)
+        cols.append(col)
+    return cols
+
+
+def _mapped_matrix(cols: list[np.ndarray], plan: _Plan, start: int, stop: int) -> np.ndarray:
+    """Events start..stop of every column as uint64 in the codec's order-preserving mapping."""
+    mapped = np.empty((len(cols), stop - start), dtype=np.uint64)
+    for f, col in enumerate(cols):
         # Unsafe cast = two's complement reinterpretation for negative values, which is what we want.
-        np.copyto(mapped[f], col, casting="unsafe")
+        np.copyto(mapped[f], col[start:stop], casting="unsafe")
         if plan.signed[f]:
             mapped[f] ^= SIGN_BIT
     return mapped
+
+
+# Events per kernel call: bounds the uint64 staging matrix (8 bytes per event per field).
+ENCODE_CHUNK_EVENTS = 1 << 20
 
 
 def encode_records(user_ids: np.ndarray, offsets: np.ndarray, columns: dict[str, np.ndarray],
@@ -166,8 +179,22 @@ def encode_records(user_ids: np.ndarray, offsets: np.ndarray, columns: dict[str,
     if len(counts) and counts.max() * (8 * len(plan.names)) + 64 * len(plan.names) > _MAX_U32:
         raise ValueError(f"a sequence of {counts.max()} events may not fit in one record (< 4 GiB); "
                          f"split or trim it")
-    mapped = _mapped_matrix(columns, plan, n_events)
-    return k.encode_kernel(mapped, offs, uids, plan.codes)
+    cols = _check_columns(columns, plan, n_events)
+    if n_events <= ENCODE_CHUNK_EVENTS:
+        return k.encode_kernel(_mapped_matrix(cols, plan, 0, n_events), offs, uids, plan.codes)
+    # Whole users per chunk (a user longer than a chunk gets one to itself).
+    cuts = np.searchsorted(offs, np.arange(ENCODE_CHUNK_EVENTS, n_events, ENCODE_CHUNK_EVENTS), side="right") - 1
+    bounds = np.unique(np.concatenate([[0], cuts, [len(uids)]]))
+    bufs, starts, base = [], [], 0
+    for u0, u1 in itertools.pairwise(bounds.tolist()):
+        e0, e1 = int(offs[u0]), int(offs[u1])
+        buf, st = k.encode_kernel(_mapped_matrix(cols, plan, e0, e1), offs[u0:u1 + 1] - e0, uids[u0:u1],
+                                  plan.codes)
+        bufs.append(buf)
+        starts.append(st[:-1] + base)
+        base += len(buf)
+    starts.append(np.array([base], np.int64))
+    return np.concatenate(bufs), np.concatenate(starts)
 
 
 def encode_record(user_id: int, columns: dict[str, np.ndarray], schema: Schema) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from seqvault._bitpack import crc32, pack_bits, unpack_into_words, unpack_to
 from seqvault.codec import (
     CHECKSUM_SIZE,
     HEADER_SIZE,
@@ -179,6 +180,42 @@ def assert_columns_equal(got: dict[str, np.ndarray], want: dict[str, np.ndarray]
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # examples: see conftest
 
 
+# -- the Numba primitives against the references --------------------------------------------------
+@SETTINGS
+@given(data=st.binary(max_size=300), start=st.integers(0, 40), cut=st.integers(0, 40))
+def test_crc32_kernel_matches_zlib(data: bytes, start: int, cut: int) -> None:
+    arr = np.frombuffer(data, np.uint8)
+    start = min(start, len(arr))
+    end = max(start, len(arr) - cut)
+    assert int(crc32(arr, start, end)) == zlib.crc32(data[start:end])
+
+
+@SETTINGS
+@given(width=st.integers(0, 64), n=st.integers(0, 70), bit0=st.integers(0, 7), seed=st.integers(0, 2**32 - 1),
+       base=st.integers(0, 2**64 - 1), signed=st.booleans())
+def test_pack_and_unpack_kernels_match_reference(width: int, n: int, bit0: int, seed: int, base: int,
+                                                 signed: bool) -> None:
+    rng = np.random.default_rng(seed)
+    hi = (1 << width) - 1
+    values = rng.integers(0, hi, n, dtype=np.uint64, endpoint=True) if width else np.zeros(n, np.uint64)
+    out = np.full(n * 8 + 8, 0xAB, np.uint8)
+    end = pack_bits(values, 0, n, width, out, 3)
+    assert end == 3 + (n * width + 7) // 8
+    packed = ref_pack(values, width)
+    assert out[3:end].tobytes() == packed
+    np.testing.assert_array_equal(ref_unpack(packed, n, width), values)
+    # Unpack from a stream in which the values start bit0 bits (plus a whole byte) in.
+    bits = ((values[:, None] >> np.arange(width, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    stream_bits = np.concatenate([np.ones(8 + bit0, np.uint8), bits.reshape(-1), np.ones(5, np.uint8)])
+    stream = np.packbits(stream_bits, bitorder="little")
+    words = np.empty(len(stream) // 8 + 2, np.uint64)
+    unpack_into_words(stream, 1, len(stream) - 1, words)
+    flip = SIGN if signed else np.uint64(0)
+    got = np.empty(n, np.uint64)
+    unpack_to(words, bit0, width, n, np.uint64(base), flip, got)
+    np.testing.assert_array_equal(got, (values + np.uint64(base)) ^ flip)
+
+
 # -- round trip ------------------------------------------------------------------------------------
 @SETTINGS
 @given(case=schemas_and_columns(), user_id=st.integers(0, 2**64 - 1))
@@ -232,6 +269,22 @@ def test_batch_equals_single(case: tuple[Schema, dict[str, np.ndarray]], lengths
         n = lengths[i]
         keep = n if last_n is None else min(n, last_n)
         assert_columns_equal(one, {f: s[f][n - keep:] for f in schema.names})
+
+
+def test_chunked_batch_encode_equals_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    import seqvault.codec as codec
+
+    rng = np.random.default_rng(11)
+    counts = np.array([0, 5, 40, 1, 0, 33, 7, 100, 2, 0], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    cols = default_sequence(rng, int(offsets[-1]))
+    uids = np.arange(len(counts), dtype=np.uint64)
+    whole, whole_starts = encode_records(uids, offsets, cols, DEFAULT)
+    for chunk in (1, 16, 39, 150):
+        monkeypatch.setattr(codec, "ENCODE_CHUNK_EVENTS", chunk)
+        buf, starts = encode_records(uids, offsets, cols, DEFAULT)
+        assert buf.tobytes() == whole.tobytes()
+        np.testing.assert_array_equal(starts, whole_starts)
 
 
 def test_extreme_values_every_dtype() -> None:
