@@ -212,8 +212,8 @@ def evaluate(model: nn.Module, data: CTRArrays, device: torch.device | str = "cp
     return {"auc": roc_auc(data.labels, logits), "logloss": log_loss(data.labels, logits)}
 
 
-def fit(model: nn.Module, train: CTRArrays, valid: CTRArrays, *, epochs: int = 2,
-        batch_size: int = 256, lr: float = 1e-3, device: str | torch.device = "auto",
+def fit(model: nn.Module, train: CTRArrays, valid: CTRArrays, *, epochs: int = 3,
+        batch_size: int = 128, lr: float = 1e-2, device: str | torch.device = "auto",
         progress: bool = True, seed: int = 0, weight_decay: float = 0.0, clip_grad_norm: float = 1.0,
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train ``model`` with Adam on binary cross-entropy; keep the weights of the best valid AUC.

@@ -29,7 +29,9 @@ class CTRTaskConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
-    click_action: int | None = None    # action value meaning "click"; None: workloads.ACTIONS["click"]
+    # Action codes that count as a click. None: every action but an impression (the workloads
+    # schema's convention: likes, shares, ... are clicks that went further).
+    click_actions: tuple[int, ...] | None = None
     action_field: str = "action"
     item_field: str = "item_id"
     time_field: str = "ts"
@@ -79,7 +81,7 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
                    config: CTRTaskConfig = CTRTaskConfig()) -> CTRSplits:
     """The CTR task over events ``(user_ids, columns)`` (any order; sorted by (user, time) here)."""
     cfg = config
-    click = _click_action(cfg)
+    click_codes = _click_actions(cfg)
     fields = (cfg.item_field, cfg.time_field, *cfg.side_fields)
     missing = [f for f in (*fields, cfg.action_field) if f not in columns]
     if missing:
@@ -106,7 +108,7 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
     new_run[1:] |= ts[1:] != ts[:-1]
     run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
 
-    clicks = np.flatnonzero(action == click)
+    clicks = np.flatnonzero(np.isin(action, click_codes))
     rng = np.random.default_rng(cfg.seed)
     anchors = _pick_anchors(clicks, users, user_start, run_start, cfg, rng)  # positions in `clicks`
     pos_events = clicks[anchors[:, None] + np.arange(cfg.positives)]         # [R, P]
@@ -171,11 +173,11 @@ def ctr_task_from_workload(workload: object, config: CTRTaskConfig = CTRTaskConf
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _click_action(cfg: CTRTaskConfig) -> int:
-    if cfg.click_action is not None:
-        return int(cfg.click_action)
+def _click_actions(cfg: CTRTaskConfig) -> np.ndarray:
+    if cfg.click_actions is not None:
+        return np.asarray(cfg.click_actions, dtype=np.int64)
     from workloads import ACTIONS
-    return int(ACTIONS["click"])
+    return np.asarray([code for name, code in ACTIONS.items() if name != "impression"], dtype=np.int64)
 
 
 def _grouped_and_sorted(users: np.ndarray, ts: np.ndarray) -> bool:

@@ -40,7 +40,7 @@ def random_events(n_users: int = 40, per_user: int = 80, seed: int = 0
     return users[order], {k: v[order] for k, v in cols.items()}
 
 
-CFG = CTRTaskConfig(max_len=32, requests_per_user=5, negatives=3, click_action=CLICK, seed=1)
+CFG = CTRTaskConfig(max_len=32, requests_per_user=5, negatives=3, click_actions=(CLICK,), seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_deterministic_in_seed_and_independent_of_input_order() -> None:
 def test_min_history_and_several_positives() -> None:
     users, cols = random_events(seed=4)
     cfg = CTRTaskConfig(max_len=16, requests_per_user=50, positives=2, negatives=2, min_history=20,
-                        click_action=CLICK)
+                        click_actions=(CLICK,))
     s = build_ctr_task(users, cols, cfg)
     for data in (s.train, s.valid, s.test):
         assert (data.hist_end - data.hist_start >= 20).all()
@@ -176,7 +176,7 @@ def test_tiny_training_run_beats_chance_only_with_the_long_history() -> None:
 
     users, cols = planted_events(2000)
     splits = build_ctr_task(users, cols, CTRTaskConfig(max_len=128, requests_per_user=1, negatives=4,
-                                                       click_action=CLICK))
+                                                       click_actions=(CLICK,)))
     aucs = {}
     for name in ("laser", "base"):                   # base reads only the newest 100 events
         torch.manual_seed(0)
@@ -205,7 +205,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
     import storagebench.ctr as ctr
 
     monkeypatch.setattr(ctr, "load_workload", lambda path, scale, seed: StandInWorkload(*random_events(seed=seed)))
-    monkeypatch.setattr(ctr, "_click_action", lambda cfg: CLICK)
+    monkeypatch.setattr(ctr, "_click_actions", lambda cfg: np.array([CLICK]))
 
 
 def test_train_command_writes_train_json(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -149,7 +149,7 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
 @click.command("paper-tables")
 @task_options(max_users=2000)
 @click.option("--seq-len", type=int, default=256, show_default=True, help="L: newest history events read.")
-@click.option("--epochs", type=int, default=2, show_default=True, help="Epochs for every run (same for all).")
+@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs for every run (same for all).")
 @click.option("--tables", default="2,3,4", show_default=True, help="Which tables to produce, e.g. 2 or 3,4.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for paper_tables.json.")
 @click.option("--resume", is_flag=True,
@@ -165,7 +165,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     Every run trains with the same budget and is scored on the time-split test requests; the paper's
     figures are printed alongside. FLOPs are analytic multiply-accumulates per (user, candidate), at this
     run's (d, L) and at the paper's setting (d=128, L=1000). The default (2,000 users of the small preset,
-    L=256, d=32, 2 epochs, 13 runs) takes about 10-20 minutes on a 2-core CPU. Results are saved after
+    L=256, d=32, 3 epochs, 13 runs) takes about 10-20 minutes on a 2-core CPU. Results are saved after
     every run, so an interrupted run continues with --resume. Writes OUT/paper_tables.json.
     """
     wanted = {t.strip() for t in tables.split(",") if t.strip()}

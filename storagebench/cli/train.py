@@ -105,12 +105,12 @@ def task_options(max_users: int | None = None) -> Any:
                      help="Seed for the workload, the sampling and the model initialisation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="auto uses the GPU when there is one and falls back to the CPU."),
-        click.option("--batch-size", type=int, default=256, show_default=True, help="Requests per step."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+        click.option("--batch-size", type=int, default=128, show_default=True, help="Requests per step."),
+        click.option("--lr", type=float, default=1e-2, show_default=True, help="Adam learning rate."),
         click.option("--d", "d", type=int, default=32, show_default=True, help="Embedding width."),
-        click.option("--threads", type=int, default=None,
-                     help="Torch CPU threads (default: torch's choice). On a busy shared machine 1 can be "
-                          "several times faster: idle threads spin waiting for each other."),
+        click.option("--threads", type=int, default=1, show_default=True,
+                     help="Torch CPU threads. 1 suits the small default models and a busy shared machine "
+                          "(more threads spin waiting for each other there); raise it on a dedicated one."),
     ]
 
     def decorate(f: Any) -> Any:
@@ -124,7 +124,7 @@ def task_options(max_users: int | None = None) -> Any:
 @click.option("--model", "model_name", type=click.Choice(MODEL_NAMES), required=True, help="Which model.")
 @task_options()
 @click.option("--seq-len", type=int, default=256, show_default=True, help="L: newest history events read.")
-@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a model config field, e.g. --set window=20 --set sta_activation=softmax.")
 @click.option("--out", type=click.Path(file_okay=False), default="results/train", show_default=True,
