@@ -38,7 +38,11 @@ sorted time field and other monotone fields get delta coding and everything else
 Zig-zag is not used: because a per-column minimum is stored, FOR over the (possibly negative)
 values or deltas is never wider than zig-zag, whose width follows the largest magnitude.
 
-Limits: n < 2**32 events and L < 2**32 bytes per record.
+Limits: n < 2**32 events and L < 2**32 bytes per record. The stored checksum equals
+``zlib.crc32(record[:L-4])``; it is also what the DRAM index keeps per user.
+
+The Numba kernels live in seqvault/_recordkern.py (bit-level primitives in _bitpack.py); they
+release the GIL and share no state, so threads may encode and decode concurrently.
 """
 
 from __future__ import annotations

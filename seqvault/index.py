@@ -330,11 +330,11 @@ class HashIndex:
     # -- whole-table operations --------------------------------------------------------------------
     @classmethod
     def from_entries(cls, e: IndexEntries, *, max_load: float = 0.85, growth: float = 1.5) -> HashIndex:
-        """Build an index holding ``e``'s entries (rows with found False are skipped), sized so the
-        next growth is ~10% of inserts away."""
+        """Build an index holding ``e``'s entries (rows with found False are skipped) at 96% of
+        ``max_load``: <= 32 bytes per user at the default max_load, with ~4% room before a grow."""
         mask = np.asarray(e.found, dtype=bool)
         n = int(mask.sum())
-        idx = cls(int(n / (max_load * 0.9)) + 1, max_load=max_load, growth=growth)
+        idx = cls(int(n / (max_load * 0.96)) + 1, max_load=max_load, growth=growth)
         idx.upsert(e.user_id[mask], e.file_id[mask], e.offset[mask], e.length[mask], e.count[mask],
                    e.checksum[mask])
         return idx

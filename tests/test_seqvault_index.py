@@ -102,6 +102,7 @@ def test_from_entries_skips_not_found_rows_and_round_trips() -> None:
     rebuilt = HashIndex.from_entries(queried)
     assert len(rebuilt) == 100
     full = HashIndex.from_entries(idx.entries())
+    assert full.nbytes / len(full) <= 32
     e1, e2 = idx.entries(), full.entries()
     o1, o2 = np.argsort(e1.user_id), np.argsort(e2.user_id)
     for name in ("user_id", "file_id", "offset", "length", "count", "checksum"):
