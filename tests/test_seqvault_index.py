@@ -172,3 +172,23 @@ def test_readers_see_present_keys_while_a_writer_inserts_and_grows() -> None:
         t.join()
     assert not failures, failures[:5]
     assert len(idx) == 200_040
+
+
+def test_colliding_keys_wrap_around_and_survive_deletes() -> None:
+    from seqvault.index import _home
+
+    cap = 16
+    # Keys whose home is the last slot: their probe chain must wrap around to slot 0.
+    same_home = [k for k in range(20_000) if _home(np.uint64(k), cap) == cap - 1][:6]
+    assert len(same_home) == 6
+    idx = HashIndex(cap, max_load=0.5)
+    keys = np.array(same_home, np.uint64)
+    idx.upsert(keys, np.arange(6), np.arange(6) * 10, 1, 1, 0)
+    assert idx.capacity == cap
+    assert idx.delete(keys[[1, 3]]) == 2  # tombstones in the middle of the chain
+    for i, k in enumerate(same_home):
+        got = idx.get(k)
+        assert (got is None) if i in (1, 3) else (got.offset == i * 10), i
+    idx.upsert(keys[[3]], 9, 99, 1, 1, 0)  # re-insert reuses a tombstone
+    assert idx.get(same_home[3]).offset == 99 and len(idx) == 5
+    assert idx.capacity == cap
