@@ -71,8 +71,14 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
             def progress(phase: str, done: int, total: int, tasks: dict = tasks) -> None:
                 bar.update(tasks[phase], completed=done, total=total)
 
+            bar.console.log(f"{store}: bulk-loading {prepared.backfill_events:,} events, then replaying "
+                            f"{len(prepared.schedule):,} ops ({prepared.schedule_info['warmup_s']:.0f} s warm-up, "
+                            f"{prepared.schedule_info['window_s']:.0f} s measured)")
             block, sample = run_store(wl, prepared, store, os.path.join(store_root, store), cfg,
                                       hist_log_dir=hdr_dir, progress=progress)
+            bar.console.log(f"{store}: done: read p99 {block['p99_ms']:.2f} ms, CPU {block['cpu_usage_pct']:.1f}%, "
+                            f"{block['ops_per_s']:.0f} ops/s, disk {block['disk_bytes'] / 2**20:.1f} MiB"
+                            + ("" if block["valid"] else " [red](backlog grew: not valid)[/red]"))
             rows[store] = block
             samples[store] = sample
             warnings += [f"{store}: {w}" for w in block["warnings"]]

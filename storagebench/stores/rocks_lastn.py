@@ -125,7 +125,7 @@ class RocksStoreBase(Store):
             n = entry.name
             category = ("sst" if n.endswith(".sst") else "wal" if n.endswith(".log")
                         else "blob" if n.endswith(".blob") else "manifest" if n.startswith("MANIFEST")
-                        else "other")
+                        else "info_log" if n.startswith("LOG") else "other")
             out[entry.path] = category
         return out
 
