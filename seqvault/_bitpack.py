@@ -6,8 +6,13 @@ column the same way after mapping it to unsigned integers. Kept free of any reco
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import njit
+
+if sys.byteorder != "little":  # the kernels read packed words through native uint32/uint64 views
+    raise ImportError("seqvault's codec kernels assume a little-endian host")
 
 U64 = np.uint64
 SIGN_BIT = np.uint64(1 << 63)
