@@ -12,11 +12,13 @@ adjacent in memory) plus a uint16 array ``fid``::
 So slot state lives in ``fid`` and no key value is reserved. Limits (checked on upsert):
 file id < 65534, offset < 2**40 (1 TiB per data file), count < 2**24 events, length < 2**32.
 
-The home slot of a key is ``((fmix64(key) >> 32) * capacity) >> 32``, which allows any capacity,
-so the table grows by 1.5x (not 2x) to keep memory per user low. Deletes leave tombstones; when
-live + tombstone slots would pass ``max_load`` the table is rebuilt: at the same size when
-dropping the tombstones leaves ample room, else 1.5x bigger. At the default max_load of 0.85 that is 26 / 0.85 = 30.6 bytes per
-user just before a grow and 26 / 0.567 = 45.9 right after one.
+The home slot of a key is ``((fmix64(key) >> 32) * capacity) >> 32``, which allows any
+capacity, so the table grows by 1.5x (not 2x) to keep memory per user low. Deletes leave
+tombstones; when live + tombstone slots would pass ``max_load`` the table is rebuilt: at the
+same size when dropping the tombstones leaves ample room, else 1.5x bigger. At the default
+max_load of 0.85 that is 26 / 0.85 = 30.6 bytes per user just before a grow and
+26 / 0.567 = 45.9 right after one. ``capacity`` counts slots: size a table for n users with
+``from_entries`` or ``HashIndex(int(n / 0.82))`` to stay under 32 bytes per user.
 
 Concurrency (the engine serialises writers; readers may run alongside, also in other threads
 since the kernels release the GIL):
