@@ -46,7 +46,9 @@ E_COLUMNS, E_DESC, E_DTYPE, E_SIZE = range(8, 12)
 
 @njit(cache=True, nogil=True)
 def encode_kernel(mapped: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray, codes: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Encode user i's events ``mapped[:, offsets[i]:offsets[i+1]]`` (uint64, order-preserving
+    mapped, one row per field) as record i; returns (buffer, record start offsets, len n + 1)."""
     n = len(user_ids)
     nf = mapped.shape[0]
     kinds = np.zeros((n, nf), np.uint8)
@@ -83,7 +85,7 @@ def encode_kernel(mapped: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray,
             if m > 1:
                 wd = bit_width(dhi - dlo)
                 bytes_delta = DELTA_DESC + ((m - 1) * wd + 7) // 8
-            else:
+            else:  # a single value has no deltas: FOR always
                 wd = 0
                 bytes_delta = bytes_for + 1
             if bytes_delta < bytes_for:
@@ -139,7 +141,6 @@ def encode_kernel(mapped: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray,
                 q = pack_bits(scratch, 0, m, w, out, q)
         store_le(out, q, U64(crc32(out, p, q)), 4)
     return out, starts
-
 
 
 @njit(cache=True, nogil=True)
