@@ -248,3 +248,12 @@ def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> N
     assert rel[1] == pytest.approx(1.0) and rel[0] > 1.0 > rel[2]
     res2 = CliRunner().invoke(main, [*args, "--resume"])
     assert res2.exit_code == 0 and "8 finished runs reused" in res2.output
+
+
+def test_auc_standard_error_matches_hanley_mcneil() -> None:
+    from storagebench.cli.paper_tables import auc_standard_error
+
+    # Worked by hand from Hanley & McNeil (1982), eq. 2: A=0.8, 50 positives, 50 negatives.
+    assert auc_standard_error(0.8, 50, 50) == pytest.approx(0.04450, abs=5e-5)
+    assert auc_standard_error(0.8, 500, 500) < auc_standard_error(0.8, 50, 50)
+    assert np.isnan(auc_standard_error(0.8, 0, 10))
