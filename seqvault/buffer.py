@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqvault.schema import Schema
+from seqvault.seqmerge import _ranges
 
 _MIN_TAIL_TO_FOLD = 16384
 
@@ -93,23 +94,6 @@ class BufferView:
     def all_rows(self) -> _Sorted:
         """Everything, grouped by user in arrival order (what a merge consumes)."""
         return _fold(self.sorted, list(self.tail))
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(s, s + c)`` for each (s, c), without a Python loop."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, np.int64)
-    ends = np.cumsum(counts)
-    out = np.ones(total, np.int64)
-    out[0] = starts[0]
-    nz = counts > 0
-    s, c, e = starts[nz], counts[nz], ends[nz]
-    # At each run start, jump from the previous run's last value to this run's start.
-    jump_at = (e - c)[1:]
-    out[jump_at] = s[1:] - (s[:-1] + c[:-1] - 1)
-    out[0] = s[0]
-    return np.cumsum(out)
 
 
 def _fold(base: _Sorted, tail: list[_Batch]) -> _Sorted:

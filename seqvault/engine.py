@@ -29,7 +29,7 @@ from seqvault.index import HashIndex
 from seqvault.manifest import Manifest, read_snapshot
 from seqvault.policy import MergePolicy
 from seqvault.schema import USER_ID_DTYPE, Schema, SchemaError, _cast_integer
-from seqvault.seqmerge import csr_concat_groups, csr_groups, csr_take, newest_per_group
+from seqvault.seqmerge import csr_concat_groups, csr_take, newest_per_group, overlay_buffered
 from seqvault.wal import (
     KIND_APPEND,
     KIND_DELETE,
@@ -285,17 +285,16 @@ class SeqVault:
             idx, cols = v.rows_for(sorted_uids)
             if len(idx):
                 parts.append((order[idx], cols))
-        if not parts or keep == 0:
-            counts = np.zeros(n, np.int64)
-            counts[found] = np.diff(disk_offsets)
-            offsets = np.zeros(n + 1, np.int64)
-            np.cumsum(counts, out=offsets[1:])
-            if keep == 0:
-                return offsets, self.schema.empty_columns(want)
+        counts = np.zeros(n, np.int64)
+        counts[found] = np.diff(disk_offsets)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        if keep == 0:
+            return offsets, self.schema.empty_columns(want)
+        if not parts:
             return offsets, {k: disk_cols[k] for k in want}
-        disk_groups = found[csr_groups(disk_offsets)]
-        groups, cols = csr_concat_groups([(disk_groups, disk_cols), *parts], need)
-        offsets, merged = newest_per_group(n, groups, cols, self.schema.time_field, keep)
+        groups, extra = csr_concat_groups(parts, need)
+        offsets, merged = overlay_buffered(n, offsets, disk_cols, groups, extra, self.schema.time_field, keep)
         return offsets, {k: merged[k] for k in want}
 
     def _read_records(self, held: dict[int, DataFile], file_ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,

@@ -35,8 +35,8 @@ def merge(sv: SeqVault) -> int:
         if sv.frozen is not None:  # an earlier merge failed after the swap: finish that one first
             merged += _merge_frozen(sv)
         with sv._append_lock:
-            if sv.active.events == 0:
-                return merged
+            if sv.active.events == 0 and sv.wal.offset == 0:
+                return merged  # nothing buffered and no deletes waiting in the log
             # Rotate and swap together: the frozen buffer is exactly the closed segments' contents.
             new_segment = sv.wal.rotate()
             with sv._state_lock:
@@ -47,9 +47,13 @@ def merge(sv: SeqVault) -> int:
 
 def _merge_frozen(sv: SeqVault) -> int:
     rows = sv.frozen.view().all_rows()
-    _write_sequences(sv, rows, drop_frozen=True)
-    sv.manifest = dataclasses.replace(sv.manifest, merges=sv.manifest.merges + 1,
-                                      merged_users=sv.manifest.merged_users + len(rows.users))
+    if len(rows.users):
+        _write_sequences(sv, rows, drop_frozen=True)
+        sv.manifest = dataclasses.replace(sv.manifest, merges=sv.manifest.merges + 1,
+                                          merged_users=sv.manifest.merged_users + len(rows.users))
+    else:  # only deletes were logged: committing the index lets their WAL segments go
+        with sv._state_lock:
+            sv.frozen = None
     _commit(sv, wal_start=sv._frozen_until)
     return len(rows.users)
 
@@ -244,7 +248,8 @@ def maintain(sv: SeqVault) -> bool:
     events = sv.active.events
     since = sv.active.first_append_time
     age = time.monotonic() - since if since is not None else 0.0
-    if sv.frozen is not None or events >= policy.max_buffer_events or (events and age >= policy.max_age_s):
+    if (sv.frozen is not None or events >= policy.max_buffer_events or (events and age >= policy.max_age_s)
+            or sv.wal.offset >= policy.max_wal_bytes):
         merge(sv)
         did = True
     if _reclaimable(sv, policy.reclaim_live_fraction):

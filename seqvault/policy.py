@@ -12,7 +12,8 @@ class MergePolicy:
     A merge runs when the update buffer holds ``max_buffer_events`` events or its oldest event is
     ``max_age_s`` seconds old. A data file (other than the one being written) is reclaimed when
     its live bytes fall below ``reclaim_live_fraction`` of its size. A new data file is started
-    once the current one exceeds ``data_file_bytes``.
+    once the current one exceeds ``data_file_bytes``. A merge also runs once the WAL holds
+    ``max_wal_bytes`` (deletes alone fill it without buffering events).
     """
 
     background: bool = False
@@ -20,6 +21,7 @@ class MergePolicy:
     max_age_s: float = 30.0
     reclaim_live_fraction: float = 0.5
     data_file_bytes: int = 256 << 20
+    max_wal_bytes: int = 256 << 20
     interval_s: float = 0.2
 
     def __post_init__(self) -> None:

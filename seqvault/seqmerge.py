@@ -63,3 +63,48 @@ def csr_take(offsets: np.ndarray, columns: dict[str, np.ndarray], idx: np.ndarra
     starts = offsets[idx]
     rows = np.arange(total, dtype=np.int64) - np.repeat(new_offsets[:-1] - starts, counts)
     return new_offsets, {k: v[rows] for k, v in columns.items()}
+
+
+def overlay_buffered(
+    n_groups: int, base_offsets: np.ndarray, base: dict[str, np.ndarray],
+    extra_groups: np.ndarray, extra: dict[str, np.ndarray], time_field: str, keep: int,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``newest_per_group`` of base + extra rows, re-sorting only the groups that have extra rows.
+
+    ``base`` is CSR over all groups, each already time-ordered and at most ``keep`` long (decoded
+    records); ``extra`` rows (buffered events, arrival order within a group) arrived after them.
+    Untouched groups are copied through, so a read touching a few buffered users costs a gather,
+    not a sort of everything.
+    """
+    touched = np.unique(extra_groups)
+    counts = np.diff(base_offsets)
+    starts = base_offsets[:-1]
+    t_counts = counts[touched]
+    sub_base = {k: v[_ranges(starts[touched], t_counts)] for k, v in base.items()}
+    local = np.concatenate([np.repeat(np.arange(len(touched), dtype=np.int64), t_counts),
+                            np.searchsorted(touched, extra_groups)])
+    merged_offsets, merged = newest_per_group(
+        len(touched), local, {k: np.concatenate([sub_base[k], extra[k]]) for k in base}, time_field, keep)
+    out_counts = counts.copy()
+    out_counts[touched] = np.diff(merged_offsets)
+    src_starts = starts.copy()
+    src_starts[touched] = int(base_offsets[-1]) + merged_offsets[:-1]
+    rows = _ranges(src_starts, out_counts)
+    offsets = np.zeros(n_groups + 1, np.int64)
+    np.cumsum(out_counts, out=offsets[1:])
+    return offsets, {k: np.concatenate([base[k], merged[k]])[rows] for k in base}
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + c)`` for each (s, c), without a Python loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, np.int64)
+    nz = counts > 0
+    s, c = starts[nz].astype(np.int64), counts[nz].astype(np.int64)
+    ends = np.cumsum(c)
+    out = np.ones(total, np.int64)
+    out[0] = s[0]
+    # At each run start, jump from the previous run's last value to this run's start.
+    out[(ends - c)[1:]] = s[1:] - (s[:-1] + c[:-1] - 1)
+    return np.cumsum(out)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from seqvault import Field, MergePolicy, Schema, SchemaError, SeqVault, SeqVaultError
-from seqvault.buffer import UpdateBuffer, _ranges
-from seqvault.seqmerge import csr_take, newest_per_group
+from seqvault.buffer import UpdateBuffer
+from seqvault.seqmerge import _ranges, csr_take, newest_per_group, overlay_buffered
 from seqvault.wal import KIND_APPEND, WriteAheadLog, scan_segment, segment_name
 
 SCHEMA = Schema([Field("ts", "int32"), Field("item", "uint64"), Field("w", "int16")], time_field="ts")
@@ -41,6 +41,22 @@ def test_newest_per_group_matches_reference(rows: list[tuple[int, int]], keep: i
         got = list(zip(out["ts"][offsets[g]:offsets[g + 1]].tolist(), out["a"][offsets[g]:offsets[g + 1]].tolist(),
                        strict=True))
         assert got == want
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(-3, 3)), max_size=40),
+       st.lists(st.tuples(st.integers(0, 5), st.integers(-3, 3)), max_size=15), st.integers(1, 6))
+def test_overlay_buffered_matches_full_merge(base_rows: list, extra_rows: list, keep: int) -> None:
+    base_groups = np.array([g for g, _ in base_rows], np.int64)
+    base = {"ts": np.array([t for _, t in base_rows], np.int64), "a": np.arange(len(base_rows))}
+    offsets, base = newest_per_group(6, base_groups, base, "ts", keep)  # what decoded records look like
+    extra_groups = np.array([g for g, _ in extra_rows], np.int64)
+    extra = {"ts": np.array([t for _, t in extra_rows], np.int64), "a": 1000 + np.arange(len(extra_rows))}
+    got = overlay_buffered(6, offsets, base, extra_groups, extra, "ts", keep) if len(extra_rows) else (offsets, base)
+    groups = np.concatenate([np.repeat(np.arange(6), np.diff(offsets)), extra_groups])
+    want = newest_per_group(6, groups, {k: np.concatenate([base[k], extra[k]]) for k in base}, "ts", keep)
+    np.testing.assert_array_equal(got[0], want[0])
+    for k in ("ts", "a"):
+        np.testing.assert_array_equal(got[1][k], want[1][k])
 
 
 @given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 6)), max_size=20))
