@@ -357,15 +357,13 @@ class SeqVault:
         while not self._stop.wait(self.policy.interval_s):
             try:
                 self.maintain()
-            except BaseException as e:  # keep serving; surface the failure in stats and the log
+            except Exception as e:  # keep serving reads and appends; surface it in stats and the log
                 self.background_error = e
                 recovery.log.exception("seqvault background maintenance failed")
-                if isinstance(e, SchemaError):
-                    return
 
     def _stop_background(self) -> None:
-        self._stop.set() if hasattr(self, "_stop") else None
-        if getattr(self, "_thread", None) is not None:
+        self._stop.set()
+        if self._thread is not None:
             self._thread.join()
             self._thread = None
 

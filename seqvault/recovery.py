@@ -15,7 +15,7 @@ from pathlib import Path
 
 from seqvault.datafile import DataFile, data_file_name
 from seqvault.errors import CorruptionError, SeqVaultError
-from seqvault.manifest import MANIFEST_NAME, Manifest, snapshot_name
+from seqvault.manifest import MANIFEST_NAME, Manifest
 from seqvault.schema import Schema
 from seqvault.wal import SegmentScan, fsync_dir, list_segments, scan_segment, segment_name
 
@@ -158,5 +158,5 @@ def initial_manifest(schema: Schema, max_len: int) -> Manifest:
 
 __all__ = [
     "LOCK_NAME", "WalRecovery", "check_reopen", "initial_manifest", "lock_store", "open_data_files",
-    "prepare_directory", "recover_wal", "snapshot_name", "unlock_store",
+    "prepare_directory", "recover_wal", "unlock_store",
 ]
