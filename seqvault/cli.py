@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import numpy as np
 
 from seqvault.errors import SeqVaultError
 from seqvault.schema import SchemaError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 T = TypeVar("T")
 
@@ -34,9 +37,14 @@ def verify(path: str, as_json: bool) -> None:
     """Check every indexed record (checksum, header, decode), walk each data file and each WAL
     segment, and report every bad record. Read-only: a torn WAL tail is reported, not cut.
     Exits with status 1 if anything is wrong."""
+    from rich.progress import Progress
+
     from seqvault.verify import verify_store
 
-    report = _run(lambda: verify_store(path))
+    # The bar goes to stderr so `--json` output stays clean on stdout.
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("verifying data files", total=None)
+        report = _run(lambda: verify_store(path, lambda done, total: bar.update(task, completed=done, total=total)))
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -94,6 +102,11 @@ def dump(path: str, user: int, last_n: int | None, fields: str | None, fmt: str)
         for r in rows:
             click.echo("  ".join(str(v).rjust(w) for v, w in zip(r, widths, strict=True)))
         click.echo(f"({len(rows)} events for user {user})")
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+    return Console(stderr=True)
 
 
 class StoreError(click.ClickException):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,8 @@ class VerifyReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def verify_store(path: str | os.PathLike) -> VerifyReport:
+def verify_store(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check the store at ``path``; ``progress(done, total)`` is called as data files are scanned."""
     directory = Path(path)
     if not (directory / MANIFEST_NAME).exists():
         raise SeqVaultError(f"{directory} is not a SeqVault store (no {MANIFEST_NAME})")
@@ -58,12 +60,12 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SeqVaultError(f"{directory} is open by a writer; stop it (or verify a copy) first") from None
-        return _verify(directory)
+        return _verify(directory, progress or (lambda done, total: None))
     finally:
         os.close(fd)
 
 
-def _verify(directory: Path) -> VerifyReport:
+def _verify(directory: Path, progress: Callable[[int, int], None]) -> VerifyReport:
     report = VerifyReport(str(directory))
     try:
         manifest = Manifest.load(directory)
@@ -71,7 +73,7 @@ def _verify(directory: Path) -> VerifyReport:
     except CorruptionError as e:
         report.problems.append(Problem("manifest", str(directory / MANIFEST_NAME), str(e)))
         return report
-    _verify_records(directory, manifest, schema, report)
+    _verify_records(directory, manifest, schema, report, progress)
     for seg in list_segments(directory):
         if seg < manifest.wal_start:
             continue
@@ -84,7 +86,8 @@ def _verify(directory: Path) -> VerifyReport:
     return report
 
 
-def _verify_records(directory: Path, manifest: Manifest, schema: Schema, report: VerifyReport) -> None:
+def _verify_records(directory: Path, manifest: Manifest, schema: Schema, report: VerifyReport,
+                    progress: Callable[[int, int], None]) -> None:
     if manifest.index_file is None:
         return
     snap_path = directory / manifest.index_file
@@ -94,7 +97,8 @@ def _verify_records(directory: Path, manifest: Manifest, schema: Schema, report:
         report.problems.append(Problem("index", str(snap_path), str(e)))
         return
     report.users = len(snap["user_id"])
-    for file_id, state in manifest.files.items():
+    for done, (file_id, state) in enumerate(manifest.files.items()):
+        progress(done, len(manifest.files))
         path = directory / data_file_name(file_id)
         if not path.exists() or path.stat().st_size < state.size:
             report.problems.append(Problem("data-file", str(path), f"missing or shorter than the committed "
@@ -106,6 +110,7 @@ def _verify_records(directory: Path, manifest: Manifest, schema: Schema, report:
         for j in sel:
             _check_entry(data, path, schema, snap, int(j), report)
         _scan_file(data, path, report)
+    progress(len(manifest.files), len(manifest.files))
 
 
 def _check_entry(data: np.ndarray, path: Path, schema: Schema, snap: dict, j: int, report: VerifyReport) -> None:
