@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,8 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
     def f(x: float | None, spec: str) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
-    console = Console()
+    # Piped output (a log file) gets full-width tables rather than 80 truncated columns.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(header)
     t2 = Table(title="Table 2: AUC, gain over Base (points), FLOPs per (user, candidate), MACs")
     for col in ("model", "AUC", "±SE", "gain", "FLOPs (run)", "FLOPs (paper setting)",
