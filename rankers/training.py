@@ -185,10 +185,14 @@ def make_batch(data: CTRArrays, rows: np.ndarray, device: torch.device | str = "
 # -- training ----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(model: nn.Module, data: CTRArrays, device: torch.device | str = "cpu",
+def predict(model: nn.Module, data: CTRArrays, device: torch.device | str | None = None,
             batch_size: int = 512) -> np.ndarray:
-    """Logits ``[R, C]`` for every request of ``data``."""
-    dev = resolve_device(device)
+    """Logits ``[R, C]`` for every request of ``data``, on ``device`` (default: where the model is)."""
+    if device is None:
+        param = next(model.parameters(), None)
+        dev = param.device if param is not None else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
     was_training = model.training
     model.eval()
     out = np.empty(data.labels.shape, dtype=np.float32)
@@ -202,7 +206,7 @@ def predict(model: nn.Module, data: CTRArrays, device: torch.device | str = "cpu
     return out
 
 
-def evaluate(model: nn.Module, data: CTRArrays, device: torch.device | str = "cpu",
+def evaluate(model: nn.Module, data: CTRArrays, device: torch.device | str | None = None,
              batch_size: int = 512) -> dict[str, float]:
     """AUC and log loss over every (request, candidate) pair of ``data``."""
     logits = predict(model, data, device, batch_size)
