@@ -70,6 +70,7 @@ def test_bench_get_many_256_users(benchmark: object, read_store: SeqVault) -> No
     users = np.random.default_rng(1).choice(512, 256, replace=False).astype(np.uint64)
     offsets, cols = benchmark(read_store.get_many, users)
     assert offsets[-1] == 256 * 1000
+    np.testing.assert_array_equal(cols["item_id"][offsets[3]:offsets[4]], read_store.get(int(users[3]))["item_id"])
     _rate(benchmark, 256 * 1000, "events_per_s")
 
 
@@ -149,3 +150,26 @@ def test_bench_bytes_per_event_default_workload(benchmark: object, tmp_path: Pat
     _rate(benchmark, s["stored_events"], "bulk_load_events_per_s")
     sv.close()
     assert per_event <= 0.30 * as_int64, f"{per_event:.1f} bytes/event vs {as_int64} as int64"
+
+
+def test_bench_append_sync_group_commit(benchmark: object, tmp_path: Path) -> None:
+    """8 threads each appending 100-event batches with sync=True: fsyncs are shared."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    uids = rng.integers(0, 10_000, 100).astype(np.uint64)
+    batch = events(rng, uids)
+    per_thread = 5 * SCALE
+    sv = SeqVault.open(tmp_path / "g", schema=SCHEMA, merge_policy=MergePolicy(max_buffer_events=10**9))
+
+    def run() -> None:
+        threads = [threading.Thread(target=lambda: [sv.append(uids, batch, sync=True) for _ in range(per_thread)])
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    benchmark.pedantic(run, rounds=3)
+    _rate(benchmark, 8 * per_thread, "synced_appends_per_s")
+    sv.close()
