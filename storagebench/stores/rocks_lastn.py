@@ -133,7 +133,8 @@ class RocksStoreBase(Store):
         props = {}
         for p in ("rocksdb.estimate-num-keys", "rocksdb.block-cache-usage", "rocksdb.cur-size-all-mem-tables",
                   "rocksdb.estimate-table-readers-mem", "rocksdb.total-sst-files-size",
-                  "rocksdb.live-sst-files-size", "rocksdb.num-running-compactions"):
+                  "rocksdb.live-sst-files-size", "rocksdb.estimate-live-data-size",
+                  "rocksdb.num-running-compactions", "rocksdb.compaction-pending"):
             try:
                 props[p.removeprefix("rocksdb.")] = self._db.property_int_value(p)
             except Exception:  # a property this RocksDB build does not know: leave it out
