@@ -235,7 +235,7 @@ class SmallMaxLenMachine(SeqVaultMachine):
 
 
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
-STATEFUL = settings(max_examples=500 if _THOROUGH else 30, stateful_step_count=60 if _THOROUGH else 30)
+STATEFUL = settings(max_examples=500 if _THOROUGH else 50, stateful_step_count=60 if _THOROUGH else 30)
 TestSeqVaultStateful = SeqVaultMachine.TestCase
 TestSeqVaultStateful.settings = STATEFUL
 TestSmallMaxLen = SmallMaxLenMachine.TestCase
