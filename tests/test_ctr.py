@@ -250,6 +250,30 @@ def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> N
     assert res2.exit_code == 0 and "8 finished runs reused" in res2.output
 
 
+def test_paper_tables_repeats_report_mean_and_seed_spread(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from click.testing import CliRunner
+
+    from storagebench.cli import main
+
+    res = CliRunner().invoke(main, ["paper-tables", "--tables", "2", "--seq-len", "16", "--epochs", "1", "--d", "8",
+                                    "--max-users", "12", "--repeats", "2", "--device", "cpu", "--no-progress",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "paper_tables.json").read_text())
+    assert [r["model"] for r in report["tables"]["table2"]] == ["base", "din", "twin", "hstu", "transformer", "laser"]
+    for run in report["runs"].values():
+        aucs = run["test"]["auc_by_seed"]
+        assert len(aucs) == 2 and len(run["repeats"]) == 2
+        assert run["test"]["auc"] == pytest.approx(np.mean(aucs))
+        assert run["test"]["auc_seed_std"] == pytest.approx(np.std(aucs, ddof=1))
+    base = report["runs"]["base"]["test"]["auc"]
+    for row in report["tables"]["table2"][1:]:
+        assert row["auc_gain_pts"] == pytest.approx((row["auc"] - base) * 100)
+        assert row["flops_paper_setting"] > 0 and row["flops"] > 0
+
+
 def test_auc_standard_error_matches_hanley_mcneil() -> None:
     from storagebench.cli.paper_tables import auc_standard_error
 

@@ -2,7 +2,8 @@
 
 Every model and variant gets the same task, seed, optimiser, epochs, batch size and learning rate;
 nothing is tuned per model. AUC differences the size of the paper's (0.03-0.24 points) are far below
-the noise of a task this small, so each AUC comes with an approximate standard error.
+the noise of a task this small, so each AUC comes with an approximate standard error and, with
+``--repeats``, its spread over model seeds (which, on the default task, is the larger of the two).
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     return math.sqrt(max(var, 0.0))
 
 
+def combine_repeats(reps: list[dict[str, Any]], n_pos: int, n_neg: int) -> dict[str, Any]:
+    """One run record from repeated trainings: mean test metrics, their spread, and each repeat."""
+    aucs = [r["test"]["auc"] for r in reps]
+    run = dict(reps[0])
+    run["test"] = {
+        "auc": float(np.mean(aucs)), "logloss": float(np.mean([r["test"]["logloss"] for r in reps])),
+        "auc_se": auc_standard_error(float(np.mean(aucs)), n_pos, n_neg),
+        "auc_seed_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None, "auc_by_seed": aucs,
+    }
+    run["seconds"] = float(sum(r["seconds"] for r in reps))
+    if len(reps) > 1:
+        run["repeats"] = [{k: r[k] for k in ("test", "valid", "best_epoch", "epochs", "seconds")} for r in reps]
+    return run
+
+
 def flops_for(model: str, overrides: dict[str, Any], *, d: int, seq_len: int, paper: bool) -> float:
     """Analytic FLOPs (multiply-accumulates) per (user, candidate) at the run's or the paper's setting."""
     from rankers.flops import analytic_flops
@@ -85,6 +101,7 @@ def build_tables(runs: dict[str, dict[str, Any]], *, d: int, seq_len: int) -> di
             continue
         tables["table2"].append({
             "model": name, "auc": auc(name), "auc_se": runs[name]["test"]["auc_se"],
+            "auc_seed_std": runs[name]["test"].get("auc_seed_std"),
             "auc_gain_pts": None if name == "base" else (auc(name) - base) * 100,
             "flops": flops_for(name, {}, d=d, seq_len=seq_len, paper=False),
             "flops_paper_setting": flops_for(name, {}, d=d, seq_len=seq_len, paper=True),
@@ -94,6 +111,7 @@ def build_tables(runs: dict[str, dict[str, Any]], *, d: int, seq_len: int) -> di
         for key, label, over, p_delta in ABLATIONS:
             if key in runs:
                 tables["table3"].append({"component": label, "run": key, "overrides": over, "auc": auc(key),
+                                         "auc_seed_std": runs[key]["test"].get("auc_seed_std"),
                                          "delta_auc_pts": (auc(key) - auc("laser")) * 100,
                                          "paper_delta_auc_pts": p_delta})
         ref = flops_for("laser", {}, d=d, seq_len=seq_len, paper=False)
@@ -104,6 +122,7 @@ def build_tables(runs: dict[str, dict[str, Any]], *, d: int, seq_len: int) -> di
                 over = {"window": w}
                 tables["table4"].append({
                     "window": w, "run": key, "auc": auc(key), "auc_se": runs[key]["test"]["auc_se"],
+                    "auc_seed_std": runs[key]["test"].get("auc_seed_std"),
                     "relative_flops": flops_for("laser", over, d=d, seq_len=seq_len, paper=False) / ref,
                     "relative_flops_paper_setting":
                         flops_for("laser", over, d=d, seq_len=seq_len, paper=True) / ref_paper,
@@ -122,25 +141,27 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(header)
     t2 = Table(title="Table 2: AUC, gain over Base (points), FLOPs per (user, candidate), MACs")
-    for col in ("model", "AUC", "±SE", "gain", "FLOPs (run)", "FLOPs (paper setting)",
+    for col in ("model", "AUC", "±SE", "seed std", "gain", "FLOPs (run)", "FLOPs (paper setting)",
                 "paper AUC", "paper gain", "paper FLOPs"):
         t2.add_column(col, justify="left" if col == "model" else "right")
     for r in tables["table2"]:
-        t2.add_row(r["model"], f(r["auc"], ".4f"), f(r["auc_se"], ".4f"), f(r["auc_gain_pts"], "+.2f"),
+        t2.add_row(r["model"], f(r["auc"], ".4f"), f(r["auc_se"], ".4f"), f(r["auc_seed_std"], ".4f"),
+                   f(r["auc_gain_pts"], "+.2f"),
                    f(r["flops"], ".2e"), f(r["flops_paper_setting"], ".2e"), f(r["paper_auc"], ".4f"),
                    f(r["paper_auc_gain_pts"], "+.2f"), f(r["paper_flops"], ".1e"))
     t3 = Table(title="Table 3: ablations of LASER, delta AUC (points) vs full LASER")
-    for col in ("component removed", "AUC", "delta", "paper delta"):
+    for col in ("component removed", "AUC", "seed std", "delta", "paper delta"):
         t3.add_column(col, justify="left" if col.startswith("component") else "right")
     for r in tables["table3"]:
-        t3.add_row(r["component"], f(r["auc"], ".4f"), f(r["delta_auc_pts"], "+.2f"),
+        t3.add_row(r["component"], f(r["auc"], ".4f"), f(r["auc_seed_std"], ".4f"), f(r["delta_auc_pts"], "+.2f"),
                    f(r["paper_delta_auc_pts"], "+.2f"))
     t4 = Table(title="Table 4: segment size w")
-    for col in ("w", "AUC", "±SE", "rel. FLOPs (run)", "rel. FLOPs (paper setting)", "paper AUC",
+    for col in ("w", "AUC", "±SE", "seed std", "rel. FLOPs (run)", "rel. FLOPs (paper setting)", "paper AUC",
                 "paper rel. FLOPs"):
         t4.add_column(col, justify="right")
     for r in tables["table4"]:
-        t4.add_row(str(r["window"]), f(r["auc"], ".4f"), f(r["auc_se"], ".4f"), f(r["relative_flops"], ".2f"),
+        t4.add_row(str(r["window"]), f(r["auc"], ".4f"), f(r["auc_se"], ".4f"), f(r["auc_seed_std"], ".4f"),
+                   f(r["relative_flops"], ".2f"),
                    f(r["relative_flops_paper_setting"], ".2f"), f(r["paper_auc"], ".4f"),
                    f(r["paper_relative_flops"], ".2f"))
     for t in (t2, t3, t4):
@@ -152,6 +173,9 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
 @task_options(max_users=2000)
 @click.option("--seq-len", type=int, default=256, show_default=True, help="L: newest history events read.")
 @click.option("--epochs", type=int, default=3, show_default=True, help="Epochs for every run (same for all).")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Train every run this many times (model seeds SEED, SEED+1, ...) and report the mean AUC "
+                   "and its spread across seeds.")
 @click.option("--tables", default="2,3,4", show_default=True, help="Which tables to produce, e.g. 2 or 3,4.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Directory for paper_tables.json.")
 @click.option("--resume", is_flag=True,
@@ -159,7 +183,7 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def paper_tables(workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
                  negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int,
-                 threads: int | None, seq_len: int, epochs: int, tables: str, out: str, resume: bool,
+                 threads: int | None, seq_len: int, epochs: int, repeats: int, tables: str, out: str, resume: bool,
                  no_progress: bool) -> None:
     """Reproduce the shape of the paper's Table 2 (Base, DIN, TWIN, HSTU, Transformer, LASER: AUC, gain
     over Base, FLOPs), Table 3 (LASER ablations) and Table 4 (segment size w = 5, 10, 20) on a workload.
@@ -170,6 +194,8 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     L=256, d=32, 3 epochs, 13 runs) takes about 10-20 minutes on a 2-core CPU. Results are saved after
     every run, so an interrupted run continues with --resume. Writes OUT/paper_tables.json.
     """
+    if repeats < 1:
+        raise click.BadParameter(f"{repeats}: need at least 1", param_hint="--repeats")
     wanted = {t.strip() for t in tables.split(",") if t.strip()}
     if not wanted or wanted - {"2", "3", "4"}:
         raise click.BadParameter(f"{tables!r}: choose among 2, 3, 4 (comma-separated)", param_hint="--tables")
@@ -177,7 +203,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     set_threads(threads)
     setting = {"source": workload or f"preset:{scale}", "max_users": users, "requests_per_user": requests_per_user,
                "negatives": negatives, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,
-               "seq_len": seq_len, "epochs": epochs}
+               "seq_len": seq_len, "epochs": epochs, "repeats": repeats}
     path = Path(out) / "paper_tables.json"
     runs: dict[str, dict[str, Any]] = {}
     if resume and path.exists():
@@ -210,12 +236,13 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
         if key in runs:
             continue
         click.echo(f"[{i}/{len(plan)}] {key} {overrides or ''}", err=True)
-        run = train_one(model, splits, {"d": d, **overrides}, epochs=epochs, batch_size=batch_size, lr=lr,
-                        device=device, seed=seed, progress=not no_progress)
-        run["test"]["auc_se"] = auc_standard_error(run["test"]["auc"], n_pos, n_neg)
-        runs[key] = run
-        click.echo(f"    test AUC {run['test']['auc']:.4f} ± {run['test']['auc_se']:.4f}, "
-                   f"{run['seconds']:.0f}s", err=True)
+        # Repeats vary only the model's initialisation and batch order (seed + k); the task is fixed.
+        reps = [train_one(model, splits, {"d": d, **overrides}, epochs=epochs, batch_size=batch_size, lr=lr,
+                          device=device, seed=seed + k, progress=not no_progress) for k in range(repeats)]
+        runs[key] = run = combine_repeats(reps, n_pos, n_neg)
+        click.echo(f"    test AUC {run['test']['auc']:.4f} ± {run['test']['auc_se']:.4f} (SE)"
+                   + (f", seed std {run['test']['auc_seed_std']:.4f}" if repeats > 1 else "")
+                   + f", {run['seconds']:.0f}s", err=True)
         save(complete=False)
     report = save(complete=True)
     print_tables(report["tables"], f"{len(splits.test)} test requests x {splits.test.num_candidates} candidates "
