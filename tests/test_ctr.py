@@ -281,3 +281,14 @@ def test_auc_standard_error_matches_hanley_mcneil() -> None:
     assert auc_standard_error(0.8, 50, 50) == pytest.approx(0.04450, abs=5e-5)
     assert auc_standard_error(0.8, 500, 500) < auc_standard_error(0.8, 50, 50)
     assert np.isnan(auc_standard_error(0.8, 0, 10))
+
+
+def test_train_command_refuses_cuda_without_a_gpu(stand_in, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from click.testing import CliRunner
+
+    from storagebench.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(main, ["train", "--model", "din", "--device", "cuda", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "no CUDA GPU" in res.output and "--device auto" in res.output

@@ -19,7 +19,7 @@ from typing import Any
 import click
 import numpy as np
 
-from storagebench.cli.train import build_task, jsonable, set_threads, task_options, train_one
+from storagebench.cli.train import build_task, check_device, jsonable, set_threads, task_options, train_one
 
 # The paper's figures (Xiaohongshu Ads, L=1000, d=128): AUC, AUC gain in points, FLOPs.
 PAPER_TABLE2: dict[str, tuple[float, float | None, float | None]] = {
@@ -200,6 +200,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     if not wanted or wanted - {"2", "3", "4"}:
         raise click.BadParameter(f"{tables!r}: choose among 2, 3, 4 (comma-separated)", param_hint="--tables")
     users = max_users
+    check_device(device)
     set_threads(threads)
     setting = {"source": workload or f"preset:{scale}", "max_users": users, "requests_per_user": requests_per_user,
                "negatives": negatives, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,

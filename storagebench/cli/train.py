@@ -29,6 +29,16 @@ def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def check_device(device: str) -> None:
+    """Fail before any work when the device cannot be used."""
+    from rankers.training import resolve_device
+
+    try:
+        resolve_device(device)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from e
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
@@ -140,6 +150,7 @@ def train(model_name: str, workload: str | None, scale: str, max_users: int | No
     Requests are split by time (70% train, 10% valid, 20% test); the weights of the epoch with the
     best validation AUC are kept and scored on the test split. Writes OUT/train.json.
     """
+    check_device(device)
     set_threads(threads)
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed)
