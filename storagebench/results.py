@@ -24,14 +24,15 @@ Per-store block (``rows[name]``)::
 
     cpu_cores, cpu_usage_pct, p50_ms, p99_ms, p999_ms, disk_bytes, ops_per_s   Table 1 headline values;
         latencies are reads, from the intended start (coordinated omission corrected)
-    valid           false if the backlog grew during the window (percentiles then not valid)
+    valid           false if the backlog grew during the window, or the window opened on a backlog
+                    left by warm-up (percentiles then not valid)
     latency         {append|read: {latency: summary, service: summary, from_send: summary, count}};
                     latency is from the intended start, service the store call alone, from_send from
                     the actual send (diagnostic only: excludes generator stalls); a summary is
                     {p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms, count}
     all_ops_latency summary over both op types
     offered_ops_per_s, achieved_ops_per_s
-    backlog         {grew, threshold_ms, latency_first_tenth_p50_ms, latency_last_tenth_p50_ms,
+    backlog         {grew, started_backlogged, threshold_ms, latency_first_tenth_p50_ms, latency_last_tenth_p50_ms,
                      unanswered_ops, drain_s}
     generator       {dispatch_lag_p50_ms, dispatch_lag_p99_ms, dispatch_lag_max_ms, cpu_s}
     cpu             {cpu_s, cpu_user_s, cpu_system_s, wall_s, node_cores, cpu_usage_pct, cpu_s_per_op,

@@ -56,6 +56,19 @@ def test_backlog_grows_intended_latency_not_service_time(delayed_node):
     assert res["achieved_ops_per_s"] < 0.7 * res["offered_ops_per_s"]
 
 
+def test_a_window_opening_on_a_warmup_backlog_is_flagged(delayed_node):
+    # Warm-up: 200 ops in 0.2 s (1 s of work at 5 ms each); then 100 measured ops at 50/s for 2 s.
+    warm = np.arange(200) * 1_000_000
+    measured = 200_000_000 + np.arange(100) * 20_000_000
+    n = 300
+    sched = Schedule(np.full(n, OP_NAMES.index("read"), dtype=np.uint8), np.r_[warm, measured].astype(np.int64),
+                     [(np.array([1], dtype=np.uint64), None)] * n, 200, np.zeros(n, dtype=np.int64))
+    res = replay(delayed_node, sched)
+    assert res["backlog"]["started_backlogged"] and not res["backlog"]["grew"]
+    assert res["backlog"]["latency_first_tenth_p50_ms"] > 300
+    assert res["backlog"]["latency_last_tenth_p50_ms"] < DELAY_MS + 3.0
+
+
 def test_intended_offsets_follow_the_trace_scaled_to_a_rate():
     t_ms = np.array([0, 10, 10, 40, 100], dtype=np.int64)
     assert intended_offsets_ns(t_ms, speed=2.0).tolist() == [0, 5_000_000, 5_000_000, 20_000_000, 50_000_000]

@@ -195,6 +195,8 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         load["events"] = loaded
         load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * schema.row_bytes)
 
+        # Prime the read path (JIT compilation, file handles) so warm-up is spent warming, not compiling.
+        client.call(GET, prepared.crosscheck_users[:16], None)
         n_ops = len(prepared.schedule)
         replayed = replay(client, prepared.schedule, hist_log_dir=hist_log_dir, log_prefix=f"{store}.",
                           backlog_threshold_ms=cfg.backlog_threshold_ms,
@@ -233,7 +235,7 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         "offered_ops_per_s": replayed["offered_ops_per_s"],
         "achieved_ops_per_s": replayed["achieved_ops_per_s"],
         "backlog": replayed["backlog"],
-        "valid": not replayed["backlog"]["grew"],
+        "valid": not (replayed["backlog"]["grew"] or replayed["backlog"]["started_backlogged"]),
         "generator": replayed["generator"],
         "disk": {"bytes": disk, "stored_events": prepared.stored_events,
                  "bytes_per_event": _ratio(disk["total"], prepared.stored_events)},

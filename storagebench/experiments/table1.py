@@ -82,7 +82,13 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
             rows[store] = block
             samples[store] = sample
             warnings += [f"{store}: {w}" for w in block["warnings"]]
-            if not block["valid"]:
+            if block["backlog"]["started_backlogged"]:
+                warnings.append(
+                    f"{store}: the window opened on a backlog left by warm-up (read p50 from intended start "
+                    f"{block['backlog']['latency_first_tenth_p50_ms']:.1f} ms in the first tenth, "
+                    f"{block['backlog']['latency_last_tenth_p50_ms']:.1f} ms in the last): its percentiles mix "
+                    f"in that transient and are not valid. Lengthen --warmup-s.")
+            elif not block["valid"]:
                 warnings.append(
                     f"{store}: backlog grew during the window (read p50 from intended start went from "
                     f"{block['backlog']['latency_first_tenth_p50_ms']:.1f} to "
