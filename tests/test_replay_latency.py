@@ -34,8 +34,11 @@ def test_sustainable_rate_gives_the_injected_delay(delayed_node, tmp_path):
     assert read["count"] == 200
     assert DELAY_MS <= read["service"]["p50_ms"] < DELAY_MS + 1.5
     assert DELAY_MS <= read["latency"]["p50_ms"] < DELAY_MS + 3.0
-    # The tail may carry a scheduler stall of a shared machine, but never a queue (that is seconds).
-    assert read["latency"]["p99_ms"] < DELAY_MS + 50.0
+    # latency = dispatch lag + transport + queue + service. The tail may carry a stall of a shared
+    # machine's scheduler, in the generator (dispatch lag) or in the node (service tail), and the run
+    # measures both; beyond what it measured, transport and queue must stay within 15 ms.
+    stalls_ms = res["generator"]["dispatch_lag_max_ms"] + (read["service"]["max_ms"] - DELAY_MS)
+    assert read["latency"]["p99_ms"] < DELAY_MS + 15.0 + stalls_ms
     assert not res["backlog"]["grew"]
     assert res["offered_ops_per_s"] == pytest.approx(80.0, rel=0.02)
     assert res["achieved_ops_per_s"] == pytest.approx(80.0, rel=0.1)
