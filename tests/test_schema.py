@@ -78,7 +78,7 @@ def test_negative_into_unsigned(schema):
 
 
 def test_negative_user_id(schema):
-    uids, cols = batch(3)
+    _, cols = batch(3)
     with pytest.raises(SchemaError) as e:
         schema.validate(np.array([1, 2, -3]), cols)
     assert (e.value.field, e.value.row) == ("user_id", 2)
