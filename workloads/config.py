@@ -46,6 +46,7 @@ class GeneratorConfig:
     episode_prob: float = 0.2          # share of sessions that are an episode of a long-term interest
     episode_focus: float = 0.8         # share of an episode's events in that interest
     short_term_focus: float = 0.5      # share of other sessions' events in the current short-term interest
+    long_term_mix: float = 0.15        # ... in one of the long-term interests (the feed mixes them in)
     drift_days: float = 10.0           # median time a short-term interest lasts before it drifts
     click_prob_long: float = 0.35      # click probability on an item of a long-term interest
     click_prob_short: float = 0.12     # ... of the current short-term interest
@@ -80,7 +81,9 @@ class GeneratorConfig:
             problems.append(f"n_items must be in [n_categories, 2^32), got {self.n_items}")
         if self.long_term_interests < 1:
             problems.append("long_term_interests must be >= 1")
-        for name in ("episode_prob", "episode_focus", "short_term_focus", "click_prob_long",
+        if self.short_term_focus + self.long_term_mix > 1.0:
+            problems.append("short_term_focus + long_term_mix must be <= 1 (shares of one session's events)")
+        for name in ("episode_prob", "episode_focus", "short_term_focus", "long_term_mix", "click_prob_long",
                      "click_prob_short", "click_prob_other"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be a probability, got {getattr(self, name)}")

@@ -14,7 +14,8 @@ Model (all parameters in :class:`~workloads.config.GeneratorConfig`):
   interest, which drifts: it is a hash of (seed, user, epoch) where the epoch advances every
   ~``drift_days``. Long-term interests therefore recur sparsely across the whole lifetime and are
   often absent from the newest ~100 events, which is what makes long histories worth storing.
-  Everything else comes from the global (Zipf) category popularity.
+  Outside episodes a share ``long_term_mix`` of events is also drawn from a long-term interest (a
+  feed mixes them in); everything else comes from the global (Zipf) category popularity.
 * **Items.** Categories own contiguous item ranges sized by their popularity; items inside a
   category are Zipf-popular; an item's author is ``item_id // items_per_author``.
 * **Actions.** Every event is an impression unless clicked; clicks are far likelier on items of a
@@ -135,6 +136,11 @@ def _fill_events(cfg: GeneratorConfig, tab: _Tables, rng: np.random.Generator, u
     cat[take_ep] = episode_cat[take_ep]
     take_st = ~in_ep & (u[1] < cfg.short_term_focus)
     cat[take_st] = st_cat[take_st]
+    # Outside episodes the feed still mixes in the user's long-term interests now and then: such an
+    # item is clicked far more often than its neighbours, and only a long history says why.
+    take_lt = ~in_ep & ~take_st & (u[1] < cfg.short_term_focus + cfg.long_term_mix)
+    which = rng.integers(0, cfg.long_term_interests, n)
+    cat[take_lt] = tab.long_term[upos[take_lt], which[take_lt]]
 
     size = tab.cat_size[cat].astype(np.float64)
     a = cfg.item_zipf
