@@ -1,9 +1,9 @@
 """Build a CTR prediction task from a user-event workload.
 
 Each ranking request sits at the time of one of a user's clicks: the candidates are that click (and,
-with ``positives > 1``, the user's following clicks) as positives plus ``negatives`` items sampled by
-click popularity so far (from anyone's clicks before the request), each with the category it was
-clicked under. The request's history is the user's events *strictly before* the request time, newest
+with ``positives > 1``, the user's following clicks) as positives plus ``negatives`` items, each with
+its category: by default the user's own next impressions (exposures shown and not clicked, as a real
+CTR log has them), or items sampled by click popularity so far (``negatives_from="popularity"``). The request's history is the user's events *strictly before* the request time, newest
 ``max_len`` of them, so nothing from the moment of the click or later leaks in. Requests are split by
 time like the paper (section 4.1.1): train on the earliest, validate on the next, test on the latest.
 Everything is vectorised NumPy and deterministic in the seed.
@@ -18,6 +18,8 @@ import numpy as np
 
 from rankers.training import CTRArrays
 
+NEGATIVE_SOURCES = ("exposures", "popularity")
+
 
 @dataclass(frozen=True)
 class CTRTaskConfig:
@@ -25,7 +27,13 @@ class CTRTaskConfig:
     requests_per_user: int = 16        # at most this many click-anchored requests per user
     min_history: int = 1               # requests need this many earlier events
     positives: int = 1                 # the click at the request time and the next ones
-    negatives: int = 4                 # popularity-sampled negatives per request
+    negatives: int = 4                 # negatives per request
+    # Where negatives come from. "exposures": the user's own next impressions from the request time on
+    # (shown, not clicked), as in a real CTR log where a request's unclicked items are its negatives;
+    # telling them from the click needs the user's long-term interests, which only a long history shows.
+    # "popularity": clicks of anyone before the request, by click popularity (an easier task, where the
+    # current session's category alone separates most clicks).
+    negatives_from: str = "exposures"
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
@@ -42,6 +50,9 @@ class CTRTaskConfig:
         if self.max_len < 1 or self.requests_per_user < 1 or self.positives < 1 or self.negatives < 0:
             raise ValueError("CTRTaskConfig: max_len, requests_per_user and positives must be >= 1, "
                              "negatives >= 0")
+        if self.negatives_from not in NEGATIVE_SOURCES:
+            raise ValueError(f"CTRTaskConfig: negatives_from={self.negatives_from!r}; choose one of "
+                             f"{NEGATIVE_SOURCES}")
         if not (0 <= self.valid_fraction < 1 and 0 < self.test_fraction < 1
                 and self.valid_fraction + self.test_fraction < 1):
             raise ValueError("CTRTaskConfig: valid_fraction and test_fraction must be in [0, 1) and leave "
@@ -112,8 +123,13 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
     rng = np.random.default_rng(cfg.seed)
     anchors = _pick_anchors(clicks, users, user_start, run_start, cfg, rng)  # positions in `clicks`
     pos_events = clicks[anchors[:, None] + np.arange(cfg.positives)]         # [R, P]
-    neg_events, kept = _sample_negatives(clicks, ts, events[cfg.item_field], pos_events, ts[pos_events[:, 0]],
-                                         cfg.negatives, rng)
+    if cfg.negatives_from == "exposures":
+        impressions = np.flatnonzero(~np.isin(action, click_codes))
+        neg_events, kept = _exposure_negatives(impressions, users, events[cfg.item_field], pos_events,
+                                               cfg.negatives)
+    else:
+        neg_events, kept = _sample_negatives(clicks, ts, events[cfg.item_field], pos_events,
+                                             ts[pos_events[:, 0]], cfg.negatives, rng)
     pos_events = pos_events[kept]
     anchor_ev = pos_events[:, 0]
     r = len(anchor_ev)
@@ -237,6 +253,26 @@ def _sample_negatives(clicks: np.ndarray, ts: np.ndarray, item_ids: np.ndarray, 
         rows = np.nonzero(clash)[0]
         neg[clash] = by_time[(rng.random(len(rows)) * limit[rows, 0]).astype(np.int64)]
     return neg, keep
+
+
+def _exposure_negatives(impressions: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
+                        pos_events: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` impressions of the same user that follow each request's first positive (events sorted
+    by user, time): what the feed showed around the click and was not clicked. They come after the
+    history's end, so none is in the request's history. Returns (negatives [R', k], kept request rows):
+    requests whose user has fewer than ``k`` later impressions, or whose negatives repeat a positive's
+    item, are dropped."""
+    r = len(pos_events)
+    if k == 0 or r == 0:
+        return np.empty((r, k), dtype=np.int64), np.arange(r, dtype=np.int64)
+    first = np.searchsorted(impressions, pos_events[:, 0], side="right")
+    ok = first + k <= len(impressions)
+    slots = np.minimum(first[:, None] + np.arange(k), max(len(impressions) - 1, 0))
+    neg = impressions[slots] if len(impressions) else np.zeros((r, k), dtype=np.int64)
+    ok &= (users[neg] == users[pos_events[:, :1]]).all(axis=1)
+    ok &= ~(item_ids[neg][:, :, None] == item_ids[pos_events][:, None, :]).any(axis=(1, 2))
+    keep = np.flatnonzero(ok)
+    return neg[keep], keep
 
 
 def _cut(sorted_times: np.ndarray, share: float) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -126,8 +128,36 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         CTRTaskConfig(valid_fraction=0.5, test_fraction=0.5)
 
 
-def test_negatives_are_clicks_from_before_the_request(task) -> None:  # type: ignore[no-untyped-def]
-    splits, _, cols = task
+def test_exposure_negatives_are_the_users_own_next_impressions(task) -> None:  # type: ignore[no-untyped-def]
+    splits, users, cols = task
+    assert CFG.negatives_from == "exposures"
+    order = np.lexsort((cols["ts"], users))
+    u, t, item, act = users[order], cols["ts"][order], cols["item_id"][order], cols["action"][order]
+    checked = 0
+    for data in (splits.train, splits.test):
+        for i in range(len(data)):
+            neg = data.labels[i] == 0
+            pos_item = data.cand_item_ids[i][~neg][0]
+            # The positive: this user's click at the request time; the negatives: the CFG.negatives
+            # impressions that follow it in the user's (time, arrival) order.
+            mine = np.flatnonzero((u == data.user_ids[i]) & (t == data.request_time_ms[i]) & (act == CLICK)
+                                  & (item == pos_item))
+            after = [j for j in range(mine[0] + 1, len(u)) if u[j] == data.user_ids[i] and act[j] == VIEW]
+            expected = item[after[:CFG.negatives]]
+            assert sorted(data.cand_item_ids[i][neg].tolist()) == sorted(expected.tolist())
+            assert (t[after[:CFG.negatives]] >= data.request_time_ms[i]).all()   # never in the history
+            checked += 1
+    assert checked > 50
+
+
+def test_unknown_negative_source_is_refused() -> None:
+    with pytest.raises(ValueError, match="negatives_from"):
+        CTRTaskConfig(negatives_from="random")
+
+
+def test_popularity_negatives_are_clicks_from_before_the_request() -> None:
+    users, cols = random_events()
+    splits = build_ctr_task(users, cols, replace(CFG, negatives_from="popularity"))
     click_ts = cols["ts"][cols["action"] == CLICK]
     click_pairs = set(zip(cols["item_id"][cols["action"] == CLICK].tolist(),
                           cols["category"][cols["action"] == CLICK].tolist(), strict=True))
@@ -175,8 +205,9 @@ def test_tiny_training_run_beats_chance_only_with_the_long_history() -> None:
     from storagebench.ctr import model_shape
 
     users, cols = planted_events(2000)
+    # One click per user (the last event): no later impressions, so negatives come by popularity.
     splits = build_ctr_task(users, cols, CTRTaskConfig(max_len=128, requests_per_user=1, negatives=4,
-                                                       click_actions=(CLICK,)))
+                                                       click_actions=(CLICK,), negatives_from="popularity"))
     aucs = {}
     for name in ("laser", "base"):                   # base reads only the newest 100 events
         torch.manual_seed(0)

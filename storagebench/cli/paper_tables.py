@@ -182,7 +182,7 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
               help="Reuse finished runs from OUT/paper_tables.json made with the same settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def paper_tables(workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-                 negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int,
+                 negatives: int, negatives_from: str, seed: int, device: str, batch_size: int, lr: float, d: int,
                  threads: int | None, seq_len: int, epochs: int, repeats: int, tables: str, out: str, resume: bool,
                  no_progress: bool) -> None:
     """Reproduce the shape of the paper's Table 2 (Base, DIN, TWIN, HSTU, Transformer, LASER: AUC, gain
@@ -203,7 +203,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     check_device(device)
     set_threads(threads)
     setting = {"source": workload or f"preset:{scale}", "max_users": users, "requests_per_user": requests_per_user,
-               "negatives": negatives, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,
+               "negatives": negatives, "negatives_from": negatives_from, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,
                "seq_len": seq_len, "epochs": epochs, "repeats": repeats}
     path = Path(out) / "paper_tables.json"
     runs: dict[str, dict[str, Any]] = {}
@@ -215,7 +215,8 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
         else:
             click.echo(f"not resuming: {path} was made with other settings", err=True)
     splits = build_task(workload, scale, seq_len=seq_len, max_users=users,
-                        requests_per_user=requests_per_user, negatives=negatives, seed=seed)
+                        requests_per_user=requests_per_user, negatives=negatives, seed=seed,
+                        negatives_from=negatives_from)
     n_pos = int(splits.test.labels.sum())
     n_neg = int(splits.test.labels.size) - n_pos
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from rankers.registry import MODEL_NAMES
-from storagebench.ctr import CTRSplits, CTRTaskConfig
+from storagebench.ctr import NEGATIVE_SOURCES, CTRSplits, CTRTaskConfig
 
 
 def parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -48,14 +48,16 @@ def set_threads(threads: int | None) -> None:
 
 
 def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int | None,
-               requests_per_user: int, negatives: int, seed: int) -> CTRSplits:
+               requests_per_user: int, negatives: int, seed: int,
+               negatives_from: str = "exposures") -> CTRSplits:
     """Load or generate the workload and build its CTR task (announced on the terminal)."""
     from storagebench.ctr import ctr_task_from_workload, load_workload
 
     source = workload or f"generated '{scale}' preset (seed {seed})"
     click.echo(f"building the CTR task from {source} ...", err=True)
     wl = load_workload(workload, scale, seed)
-    cfg = CTRTaskConfig(max_len=seq_len, requests_per_user=requests_per_user, negatives=negatives, seed=seed)
+    cfg = CTRTaskConfig(max_len=seq_len, requests_per_user=requests_per_user, negatives=negatives, seed=seed,
+                        negatives_from=negatives_from)
     splits = ctr_task_from_workload(wl, cfg, max_users=max_users)
     d = splits.describe()
     click.echo(f"requests train/valid/test = {d['requests']['train']}/{d['requests']['valid']}/"
@@ -110,7 +112,12 @@ def task_options(max_users: int | None = None) -> Any:
         click.option("--requests-per-user", type=int, default=8, show_default=True,
                      help="Ranking requests sampled per user, each at one of the user's clicks."),
         click.option("--negatives", type=int, default=4, show_default=True,
-                     help="Popularity-sampled negative candidates per request (plus 1 positive)."),
+                     help="Negative candidates per request (plus 1 positive)."),
+        click.option("--negatives-from", type=click.Choice(NEGATIVE_SOURCES), default="exposures",
+                     show_default=True,
+                     help="exposures: the user's own next impressions after the click (shown, not clicked, "
+                          "as in a real CTR log); popularity: anyone's earlier clicks, by popularity (an "
+                          "easier task that the current session's category mostly decides)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed for the workload, the sampling and the model initialisation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -141,19 +148,20 @@ def task_options(max_users: int | None = None) -> Any:
               help="Directory for train.json.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(model_name: str, workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-          negatives: int, seed: int, device: str, batch_size: int, lr: float, d: int, threads: int | None,
-          seq_len: int, epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
+          negatives: int, negatives_from: str, seed: int, device: str, batch_size: int, lr: float, d: int,
+          threads: int | None, seq_len: int, epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
     """Train a ranking model on a CTR task built from a workload and report AUC and log loss.
 
-    Requests sit at users' clicks: the click is the positive, NEGATIVES popularity-sampled items the
-    negatives, and the history is the user's events strictly before the click (newest SEQ_LEN).
+    Requests sit at users' clicks: the click is the positive, NEGATIVES items the negatives (see
+    --negatives-from), and the history is the user's events strictly before the click (newest SEQ_LEN).
     Requests are split by time (70% train, 10% valid, 20% test); the weights of the epoch with the
     best validation AUC are kept and scored on the test split. Writes OUT/train.json.
     """
     check_device(device)
     set_threads(threads)
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
-                        requests_per_user=requests_per_user, negatives=negatives, seed=seed)
+                        requests_per_user=requests_per_user, negatives=negatives, seed=seed,
+                        negatives_from=negatives_from)
     overrides = {"d": d, **parse_overrides(sets)}
     t0 = time.perf_counter()
     run = train_one(model_name, splits, overrides, epochs=epochs, batch_size=batch_size, lr=lr,
