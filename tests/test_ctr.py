@@ -13,15 +13,7 @@ from storagebench.ctr import CTRSplits, CTRTaskConfig, build_ctr_task
 CLICK, VIEW = 2, 1
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_events(n_users: int = 40, per_user: int = 80, seed: int = 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -250,16 +248,9 @@ def train_and_auc(model: torch.nn.Module, epochs: int, n_train: int = 1280, n_te
     return (scores[y == 1][:, None] > scores[y == 0][None, :]).float().mean().item()
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny matmuls: extra threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_laser_learns_planted_long_range_signal_that_a_short_window_misses() -> None:
     side = {"action": 5, "scenario": 3, "category": 21}
     laser = small_model("laser", max_len=40, side_fields=side, window=8).train()

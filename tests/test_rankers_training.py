@@ -23,14 +23,7 @@ from rankers.training import (
     roc_auc,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
