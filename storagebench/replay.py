@@ -162,7 +162,7 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
                         "from_send": latency_summary(send_h), "count": int(np.count_nonzero(kinds[m0:] == k))}
         if hist_log_dir:
             for metric, values in (("latency", lat_us), ("service", svc_us)):
-                _write_interval_log(os.path.join(hist_log_dir, f"{log_prefix}{name}.{metric}.hlog"),
+                write_interval_log(os.path.join(hist_log_dir, f"{log_prefix}{name}.{metric}.hlog"),
                                     values[sel], done[m0:][sel], intended[m0], tag=f"{log_prefix}{name}.{metric}")
     all_h = new_histogram()
     for v in lat_us[ok]:
@@ -211,7 +211,7 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     }
 
 
-def _write_interval_log(path: str, values_us: np.ndarray, done_ns: np.ndarray, base_ns: int, tag: str) -> None:
+def write_interval_log(path: str, values_us: np.ndarray, done_ns: np.ndarray, base_ns: int, tag: str) -> None:
     """One interval histogram per second of completion time, in the HdrHistogram log format."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     sec = (done_ns - base_ns) // 1_000_000_000

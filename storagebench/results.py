@@ -78,14 +78,8 @@ def csv_row(name: str, block: dict[str, Any]) -> dict[str, Any]:
 
 def write_result(out_dir: str, kind: str, doc: dict[str, Any]) -> tuple[str, str]:
     """Write ``<kind>.json`` and ``<kind>.csv`` atomically (a crash never leaves a half-written file)."""
-    os.makedirs(out_dir, exist_ok=True)
-    doc = {"kind": kind, "created": now_iso(), **doc}
-    json_path = os.path.join(out_dir, f"{kind}.json")
+    json_path = write_json(out_dir, kind, doc)
     csv_path = os.path.join(out_dir, f"{kind}.csv")
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, default=_default)
-    os.replace(tmp, json_path)
     tmp = csv_path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -94,6 +88,17 @@ def write_result(out_dir: str, kind: str, doc: dict[str, Any]) -> tuple[str, str
             w.writerow(csv_row(name, block))
     os.replace(tmp, csv_path)
     return json_path, csv_path
+
+
+def write_json(out_dir: str, kind: str, doc: dict[str, Any]) -> str:
+    """Write ``<kind>.json`` with ``kind`` and ``created`` added, atomically; returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{kind}.json")
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"kind": kind, "created": now_iso(), **doc}, f, indent=1, default=_default)
+    os.replace(tmp, json_path)
+    return json_path
 
 
 def _default(o: Any) -> Any:

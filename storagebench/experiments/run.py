@@ -172,6 +172,18 @@ def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str,
     return opts, warnings
 
 
+def load_backfill(client: NodeClient, wl: WorkloadLike, progress: Callable[[int], None] | None = None) -> int:
+    """Bulk-load the workload's backfill into the node and settle it; returns the events loaded."""
+    loaded = 0
+    for uids, cols in wl.iter_backfill(chunk_events=250_000):
+        client.call("bulk_load", uids, cols)
+        loaded += len(uids)
+        if progress is not None:
+            progress(loaded)
+    client.call("finish_load")
+    return loaded
+
+
 def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_dir: str, cfg: RunConfig, *,
               hist_log_dir: str | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], Any]:
@@ -184,12 +196,7 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
     schema = wl.schema
     with NodeClient(store, store_dir, schema, opts, workers=cfg.workers, cpus=cfg.node_cpus) as client:
         snap0 = ProcessSnapshot.take(client.pid)
-        loaded = 0
-        for uids, cols in wl.iter_backfill(chunk_events=250_000):
-            client.call("bulk_load", uids, cols)
-            loaded += len(uids)
-            report("load", loaded, prepared.backfill_events)
-        client.call("finish_load")
+        loaded = load_backfill(client, wl, lambda done: report("load", done, prepared.backfill_events))
         snap_loaded = ProcessSnapshot.take(client.pid)
         load = snap0.delta(snap_loaded)
         load["events"] = loaded
