@@ -12,7 +12,8 @@ time separately from queueing and transport.
 
 Reads in the measured stream reply with a count and byte size instead of the sequences: the store
 does all of its work (lookup, I/O, decode into columns) but the harness does not pay to ship
-megabytes back; the cross-check uses ``get`` which returns the data.
+megabytes back; the cross-check uses ``get`` which returns the data, and the e2e ranker ``fetch``,
+which returns one user's events as a wire payload (:mod:`storagebench.wire`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from seqvault.schema import Schema
 
 # op codes of the request tuples (req_id, op, args)
 APPEND, READ, GET = "append", "read", "get"
+FETCH = "fetch"  # one user's events encoded for the wire (storagebench.wire), for the e2e ranker
 _STOP = object()
 GIL_SWITCH_INTERVAL_S = 0.0005
 
@@ -108,7 +110,7 @@ def _serve(conn: Any, store_name: str, path: str, schema_json: str, options: dic
             req_id, op, args = conn.recv()
             if op == APPEND:
                 appends.put((req_id, op, args))
-            elif op in (READ, GET):
+            elif op in (READ, GET, FETCH):
                 work.put((req_id, op, args))
             elif op == "close":
                 break
@@ -135,6 +137,10 @@ def _call(store: Any, op: str, args: tuple) -> Any:
         return int(offsets[-1]), int(sum(c.nbytes for c in cols.values()))
     if op == GET:
         return store.get_many(*args)
+    if op in (FETCH, "wire_dict"):
+        from storagebench import wire  # only the e2e ranker uses it
+
+        return wire.node_fetch(store, *args) if op == FETCH else wire.set_node_dictionary(*args)
     if op == "bulk_load":
         store.bulk_load(*args)
         return None
