@@ -1,0 +1,110 @@
+"""The ranker side of an end-to-end request: wire payloads -> model inputs -> device -> scores -> top k.
+
+One :class:`RankerStage` holds one model on one device. Each step is a separate call so the e2e
+driver can time it: :meth:`decode` (decompress, parse, build the left-padded history and the
+candidate tensors on the host), :meth:`to_device` (host-to-device copy, synchronised on CUDA) and
+:meth:`forward_topk` (history encoded once per request and shared by its C candidates, then top k,
+copied back to the host). The same code runs on CPU and CUDA; on CPU the copy is a no-op.
+
+Models are freshly initialised (untrained): serving latency does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from seqvault.schema import Schema
+from storagebench import wire
+
+TORCH_MISSING = "the e2e ranker needs PyTorch: pip install storagebench[rankers]"
+
+# Per model: the serving config next to the paper setting (d=128, heads 2), as serve-bench uses.
+# LASER's gsta_absorbed is its serving optimisation (same outputs, fewer FLOPs per candidate).
+SERVING_OVERRIDES: dict[str, dict[str, Any]] = {"laser": {"gsta_absorbed": True}}
+
+
+def import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise RuntimeError(TORCH_MISSING) from e
+    return torch
+
+
+@dataclass
+class Features:
+    """One batch on the host or the device: histories [B, L] and candidates [B, C]."""
+
+    history: Any
+    candidates: Any
+
+
+class RankerStage:
+    """One model on one device, serving batches of requests."""
+
+    def __init__(self, model_name: str, seq_len: int, schema: Schema, wire_format: str, codec: str,
+                 dictionary: Any = None, *, device: str = "auto", seed: int = 0) -> None:
+        torch = import_torch()
+        from rankers.registry import build_model, make_config
+        from rankers.serving import resolve_device
+
+        self.torch = torch
+        self.device, self.device_note = resolve_device(device)
+        torch.manual_seed(seed)  # same seed, same weights: the tests score the same model directly
+        config = make_config(model_name, paper=True, max_len=seq_len, **SERVING_OVERRIDES.get(model_name, {}))
+        self.model = build_model(model_name, config).eval().to(self.device)
+        self.model_name, self.seq_len, self.config = model_name, seq_len, config
+        self.schema, self.wire_format, self.codec = schema, wire_format, codec
+        self._decompressor = wire.decompressor(codec, dictionary)
+        self.side_fields = tuple(config.side_fields)
+        self.candidate_fields = tuple(config.candidate_side_fields)
+
+    def decode(self, payloads: Sequence[bytes], request_time_ms: np.ndarray,
+               cand_items: np.ndarray, cand_side: dict[str, np.ndarray]) -> Features:
+        """Wire payloads of a batch (one per request) -> host tensors (decode + feature building)."""
+        from rankers.inputs import candidates_from_numpy, history_from_csr
+
+        per_user = []
+        for p in payloads:
+            raw = p if self._decompressor is None else self._decompressor.decompress(p)
+            per_user.append(wire.decode(raw, self.schema, self.wire_format))
+        offsets = np.zeros(len(per_user) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(c[self.schema.time_field]) for c in per_user])
+        needed = ("item_id", self.schema.time_field, *self.side_fields)
+        columns = {k: np.concatenate([c[k] for c in per_user]) for k in needed}
+        history = history_from_csr(offsets, columns, max_len=self.seq_len, request_time_ms=request_time_ms,
+                                   time_field=self.schema.time_field, side_fields=self.side_fields)
+        cands = candidates_from_numpy(cand_items, {k: cand_side[k] for k in self.candidate_fields})
+        return Features(history, cands)
+
+    def to_device(self, feats: Features) -> Features:
+        """Host-to-device copy of a batch (returns at once on CPU, where the tensors already are)."""
+        out = Features(feats.history.to(self.device), feats.candidates.to(self.device))
+        self.synchronize()
+        return out
+
+    def forward_topk(self, feats: Features, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Score every candidate, keep the k best per request: (indices [B, k], scores [B, k]) on the host."""
+        with self.torch.inference_mode():
+            scores = self.model(feats.history, feats.candidates)
+            top = self.torch.topk(scores, min(k, scores.shape[1]), dim=1)
+            idx, val = top.indices.cpu().numpy(), top.values.float().cpu().numpy()  # .cpu() synchronises
+        return idx, val
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        torch = self.torch
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"model": self.model_name, "device": str(self.device), "device_name": name,
+                "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "weights": "untrained (random init): latency does not depend on the weights' values",
+                "model_config": asdict(self.config), "device_note": self.device_note}
