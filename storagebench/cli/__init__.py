@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "Train a ranking model on a workload's CTR task; report AUC and log loss."),
     "paper-tables": ("storagebench.cli.paper_tables", "paper_tables",
                      "Reproduce the shape of the LASER paper's Tables 2-4 on a workload."),
+    "e2e": ("storagebench.cli.e2e", "e2e",
+            "End to end: fetch from a store, build features, rank on GPU/CPU; stages against a budget."),
     "report": ("storagebench.cli.report", "report",
                "Render result directories into one self-contained HTML report."),
     "plan": ("storagebench.cli.plan", "plan",

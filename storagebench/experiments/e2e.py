@@ -1,0 +1,243 @@
+"""End to end: a workload's ranking reads fetched from a storage node and ranked by a model, per stage.
+
+For each (store, model) arm: bulk-load the workload's backfill into a storage node, train the wire's
+zstd dictionary on some users' payloads and measure bytes per request on other users', then replay
+the reads open loop at ``rate`` (:mod:`storagebench.e2e_driver`), and search the highest rate whose
+total p99 stays inside the budget. The default pair is the paper's before/after: RocksDB LastN +
+Transformer vs SeqVault + LASER on the same workload, requests and candidates. The result file
+format is documented in :mod:`reports.loader` (kind ``e2e``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from storagebench import wire
+from storagebench.e2e_driver import STAGES, DriveResult, Requests, drive, search_max_rate
+from storagebench.experiments.run import RunConfig, WorkloadLike, load_backfill, store_options
+from storagebench.measure import machine_info
+from storagebench.node import FETCH, NodeClient
+from storagebench.ranker_stage import RankerStage
+from storagebench.replay import intended_offsets_ns, write_interval_log
+from storagebench.results import write_json
+
+DEFAULT_PAIR: tuple[tuple[str, str], ...] = (("rocksdb_lastn", "transformer"), ("seqvault", "laser"))
+SEARCH_MIN_REQUESTS = 15
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class E2EConfig:
+    """Everything that shapes an e2e run; all of it goes into the result file."""
+
+    seq_len: int = 1000          # L: newest events fetched and read by the model (paper: 1000)
+    candidates: int = 100        # C per request (the workload's own range is 100-500)
+    top_k: int = 10
+    rate: float = 4.0            # requests/s of the measured run
+    warmup_s: float = 5.0
+    window_s: float = 30.0
+    budget_ms: float = 100.0
+    max_batch: int = 1           # dynamic batching: up to this many requests per forward ...
+    max_wait_ms: float = 0.0     # ... waiting at most this long for the batch to fill
+    wire_codec: str = "zstd_dict"  # codec on the data path: raw, zstd or zstd_dict
+    zstd_level: int = wire.DEFAULT_LEVEL
+    dict_bytes: int = wire.DEFAULT_DICT_BYTES
+    device: str = "auto"
+    search_s: float = 60.0       # time bound of the max-rate search per arm (0: skip it)
+    search_step_s: float = 3.0   # each search step: a short open-loop run this long (>= 15 requests)
+    search_start_rate: float = 2.0
+    io: str = "direct"
+    dram_budget_bytes: int = 64 << 20
+    node_cpus: list[int] | None = None
+    workers: int = 2
+    wire_sample_users: int = 200  # users whose payloads measure wire bytes ...
+    dict_train_users: int = 300   # ... and other users whose payloads train the dictionary
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [f"{k} must be >= 1" for k in ("seq_len", "candidates", "top_k", "max_batch")
+                    if getattr(self, k) < 1]
+        problems += [f"{k} must be > 0" for k in ("rate", "window_s", "budget_ms", "search_step_s",
+                                                   "search_start_rate") if getattr(self, k) <= 0]
+        if self.top_k > self.candidates:
+            problems.append(f"top_k ({self.top_k}) cannot exceed candidates ({self.candidates})")
+        if self.wire_codec not in wire.CODECS:
+            problems.append(f"wire_codec must be one of {', '.join(wire.CODECS)}, got {self.wire_codec!r}")
+        if self.warmup_s < 0 or self.max_wait_ms < 0 or self.search_s < 0:
+            problems.append("warmup_s, max_wait_ms and search_s must be >= 0")
+        if problems:
+            raise ValueError("invalid e2e configuration: " + "; ".join(problems))
+
+
+def collect_reads(wl: WorkloadLike, max_reads: int = 30_000) -> tuple[np.ndarray, np.ndarray]:
+    """The workload's live ranking reads, in trace order: (users, request time ms)."""
+    users, times = [], []
+    got = 0
+    for chunk in wl.iter_live(chunk_ops=50_000):
+        sel = chunk.op_kind == 1  # workloads.OP_READ
+        users.append(chunk.op_user[sel])
+        times.append(chunk.op_time_ms[sel].astype(np.int64))
+        got += int(sel.sum())
+        if got >= max_reads:
+            break
+    if not got:
+        raise ValueError("the workload has no live ranking reads to replay")
+    return np.concatenate(users)[:max_reads].astype(np.uint64), np.concatenate(times)[:max_reads]
+
+
+def candidate_bank(wl: WorkloadLike, count: int, sets: int = 64, seed: int = 0
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``sets`` candidate sets of ``count`` items drawn from backfill events (so popular items come up
+    more often, each with the category it was seen under); request i uses set i % sets."""
+    _, cols = next(iter(wl.iter_backfill(chunk_events=200_000)))
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(cols["item_id"]), size=(sets, count))
+    return cols["item_id"][pick].astype(np.int64), {"category": cols["category"][pick].astype(np.int64)}
+
+
+def make_requests(reads: tuple[np.ndarray, np.ndarray], bank: tuple[np.ndarray, dict[str, np.ndarray]],
+                  rate: float, window_s: float, warmup_s: float = 0.0) -> Requests:
+    """Requests for ``warmup_s + window_s`` at ``rate``/s: the trace's reads in order (cycled if too few),
+    paced by their own timestamps rescaled to the rate (burstiness kept)."""
+    users, times = reads
+    n = max(math.ceil(rate * (warmup_s + window_s)), 2)
+    idx = np.arange(n) % len(users)
+    laps = np.arange(n) // len(users)
+    t = times[idx] + laps * (int(times[-1] - times[0]) + 1)
+    offsets = intended_offsets_ns(t, rate=rate)
+    measured_from = min(int(np.searchsorted(offsets, int(warmup_s * 1e9))), n - 1)
+    return Requests(users[idx], t, offsets, bank[0], bank[1], measured_from)
+
+
+def _sample_users(users: np.ndarray, first: int, count: int) -> np.ndarray:
+    distinct = users[np.sort(np.unique(users, return_index=True)[1])]
+    return distinct[first : first + count]
+
+
+def measure_wire(client: NodeClient, wl: WorkloadLike, fmt: str, reads: tuple[np.ndarray, np.ndarray],
+                 cfg: E2EConfig) -> tuple[dict[str, Any], Any]:
+    """Bytes per request for both formats and all codecs; returns (measurements, the arm format's dictionary).
+    Dictionaries are trained on ``dict_train_users`` users, sizes measured on ``wire_sample_users`` others."""
+    sample = _sample_users(reads[0], 0, cfg.wire_sample_users)
+    train = _sample_users(reads[0], cfg.wire_sample_users, cfg.dict_train_users)
+
+    def columns(users: np.ndarray) -> list[dict[str, np.ndarray]]:
+        return [wire.decode(client.call(FETCH, users[i : i + 1], cfg.seq_len, fmt, "raw")[0], wl.schema, fmt)
+                for i in range(len(users))]
+
+    train_cols, sample_cols = columns(train), columns(sample)
+    by_format, dicts = {}, {}
+    for f in wire.FORMATS:
+        dicts[f] = wire.train_dictionary([wire.encode(c, wl.schema, f) for c in train_cols], cfg.dict_bytes,
+                                         cfg.zstd_level)
+        by_format[f] = wire.measure_sizes([wire.encode(c, wl.schema, f) for c in sample_cols], dicts[f],
+                                          cfg.zstd_level)
+    events = [len(c[wl.schema.time_field]) for c in sample_cols]
+    info = {"format": fmt, "by_format": by_format, "sample_users": len(sample), "train_users": len(train),
+            "mean_events_per_request": float(np.mean(events)) if events else 0.0,
+            "dictionary_bytes": len(dicts[fmt].as_bytes()), "zstd_level": cfg.zstd_level}
+    return info, dicts[fmt]
+
+
+def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tuple[np.ndarray, np.ndarray],
+            bank: tuple[np.ndarray, dict[str, np.ndarray]], store_dir: str, hdr_dir: str | None = None,
+            progress: Progress | None = None) -> tuple[dict[str, Any], DriveResult, Requests]:
+    """Measure one (store, model) arm; returns (its run block, the measured run, its requests)."""
+    report = progress or (lambda phase, done, total: None)
+    shutil.rmtree(store_dir, ignore_errors=True)
+    os.makedirs(store_dir)
+    opts, warnings = store_options(store, RunConfig(io=cfg.io, max_len=cfg.seq_len,
+                                                    dram_budget_bytes=cfg.dram_budget_bytes), store_dir)
+    fmt = wire.wire_format(store)
+    with NodeClient(store, store_dir, wl.schema, opts, workers=cfg.workers, cpus=cfg.node_cpus) as client:
+        load_backfill(client, wl, lambda done: report("load", done, None))
+        report("wire", 0, None)
+        wire_info, dictionary = measure_wire(client, wl, fmt, reads, cfg)
+        client.call("wire_dict", dictionary.as_bytes(), cfg.zstd_level)
+        ranker = RankerStage(model, cfg.seq_len, wl.schema, fmt, cfg.wire_codec, dictionary, device=cfg.device,
+                             seed=cfg.seed)
+        # Prime the path (JIT, allocator, file handles) so the warm-up is spent warming, not compiling.
+        drive(client, ranker, make_requests(reads, bank, cfg.rate, 0.0, 1.0), top_k=cfg.top_k)
+        reqs = make_requests(reads, bank, cfg.rate, cfg.window_s, cfg.warmup_s)
+        result = drive(client, ranker, reqs, top_k=cfg.top_k, max_batch=cfg.max_batch,
+                       max_wait_ms=cfg.max_wait_ms, progress=lambda done: report("run", done, len(reqs)))
+
+        def run_at(rate: float) -> DriveResult:
+            report("search", 0, None)
+            # at least 15 requests per step, so its p99 is not just one unlucky request
+            step_s = max(cfg.search_step_s, SEARCH_MIN_REQUESTS / rate)
+            return drive(client, ranker, make_requests(reads, bank, rate, step_s, 0.5),
+                         top_k=cfg.top_k, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
+                         abort_after_s=max(1.0, 10 * cfg.budget_ms / 1e3))
+
+        max_rate, steps = (search_max_rate(run_at, cfg.budget_ms, start_rate=cfg.search_start_rate,
+                                           time_budget_s=cfg.search_s) if cfg.search_s > 0 else (None, []))
+        store_config = client.store_config
+    label = f"{store}+{model}"
+    if hdr_dir:
+        for stage, values in result.stages_ns.items():
+            write_interval_log(os.path.join(hdr_dir, f"{label}.{stage}.hlog"), np.maximum(values // 1000, 1),
+                               result.done_ns, result.start_ns, tag=f"{label}.{stage}")
+    summary = result.summary()
+    valid = result.completed and not result.grew
+    if not valid:
+        warnings.append(f"{label}: the pipeline fell behind at {cfg.rate:g} requests/s (latency grew or "
+                        f"requests went unanswered): percentiles describe an overload; lower --rate")
+    if cfg.search_s > 0 and max_rate is None:
+        warnings.append(f"{label}: no searched rate kept total p99 within {cfg.budget_ms:g} ms")
+    ranker_info = ranker.describe()
+    run = {
+        "store": store, "model": model, "device": ranker_info["device"], "seq_len": cfg.seq_len,
+        "candidates": cfg.candidates, "top_k": cfg.top_k, "rate_per_s": cfg.rate,
+        "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
+        "stages": {s: {k: summary[s][k] for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")}
+                   for s in STAGES},
+        "share_of_budget_pct": {s: 100.0 * summary[s]["p99_ms"] / cfg.budget_ms for s in STAGES},
+        "max_rate_within_budget_per_s": max_rate,
+        "wire_bytes": {k: wire_info["by_format"][fmt].get(k) for k in wire.CODECS},
+        "wire": {**wire_info, "codec_on_data_path": cfg.wire_codec,
+                 "live_mean_bytes": float(result.wire_bytes.mean()) if len(result.wire_bytes) else None,
+                 "node_encode_compress_ms": {"p50": float(np.percentile(result.wire_encode_ns, 50)) / 1e6,
+                                             "p99": float(np.percentile(result.wire_encode_ns, 99)) / 1e6}
+                 if len(result.wire_encode_ns) else None,
+                 "counted_in": "encode + compression: fetch stage (in the node); decompression + parsing: "
+                               "decode stage (in the ranker)"},
+        "budget_ms": cfg.budget_ms, "valid": valid, "measured_requests": len(result.stages_ns["total"]),
+        "mean_events_per_request": float(result.events.mean()) if len(result.events) else 0.0,
+        "rate_search": {"time_budget_s": cfg.search_s, "step_s": cfg.search_step_s, "steps": steps},
+        "ranker": ranker_info, "store_config": store_config, "warnings": warnings,
+        "note": "untrained model (random weights): latency only, scores carry no meaning",
+    }
+    return run, result, reqs
+
+
+def run_e2e(wl: WorkloadLike, cfg: E2EConfig, out_dir: str, arms: Sequence[tuple[str, str]] = DEFAULT_PAIR, *,
+            progress: Progress | None = None, keep_stores: bool = False) -> dict[str, Any]:
+    """Measure every arm on the same requests and candidates; write ``out_dir/e2e.json`` and ``hdr/``."""
+    hdr_dir = os.path.join(out_dir, "hdr")
+    os.makedirs(hdr_dir, exist_ok=True)
+    reads = collect_reads(wl)
+    bank = candidate_bank(wl, cfg.candidates, seed=cfg.seed)
+    runs = []
+    for store, model in arms:
+        run, _, _ = run_arm(wl, store, model, cfg, reads, bank, os.path.join(out_dir, "stores", store),
+                            hdr_dir, progress=(lambda p, d, t, a=f"{store}+{model}": progress(f"{a}: {p}", d, t))
+                            if progress else None)
+        runs.append(run)
+    if not keep_stores:
+        shutil.rmtree(os.path.join(out_dir, "stores"), ignore_errors=True)
+    doc = {"budget_ms": cfg.budget_ms, "machine": machine_info(out_dir), "workload": wl.manifest,
+           "config": asdict(cfg), "runs": runs,
+           "hdr_logs": sorted(os.path.join("hdr", f) for f in os.listdir(hdr_dir)),
+           "warnings": [w for r in runs for w in r["warnings"]],
+           "paper": "LASER section 3.5.2: ~40% less bandwidth with dictionary zstd (on embeddings between "
+                    "CPU and GPU workers; here: the id sequences from storage node to ranker)"}
+    write_json(out_dir, "e2e", doc)
+    return doc
