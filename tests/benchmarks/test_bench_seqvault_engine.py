@@ -74,6 +74,59 @@ def test_bench_get_many_256_users(benchmark: object, read_store: SeqVault) -> No
     _rate(benchmark, 256 * 1000, "events_per_s")
 
 
+@pytest.fixture(scope="module")
+def buffered_store(tmp_path_factory: pytest.TempPathFactory) -> SeqVault:
+    """512 users on disk plus a replay-like update buffer: many small single-user appends (1 + ~4
+    events, as the workload's live sessions send), some already folded by earlier reads, ~1000 not."""
+    sv = full_store(tmp_path_factory.mktemp("svbench") / "buffered", n_users=512)
+    rng = np.random.default_rng(6)
+
+    def small_appends(n: int) -> None:
+        for u in rng.integers(0, 512, n):
+            uids = np.full(1 + rng.poisson(4), u, np.uint64)
+            sv.append(uids, events(rng, uids))
+
+    small_appends(20_000)
+    sv.get(0)  # a read between appends: lets the buffer reorganise what it holds so far
+    small_appends(1_000)
+    sv.append([17] * 3, events(rng, np.full(3, 17, np.uint64)))
+    yield sv
+    sv.close()
+
+
+def test_bench_get_buffered(benchmark: object, buffered_store: SeqVault) -> None:
+    """get of a user whose newest events sit in the update buffer (read merges disk + buffer)."""
+    cols = benchmark(buffered_store.get, 17)
+    assert len(cols["ts"]) == 1000 and np.all(np.diff(cols["ts"]) >= 0)
+
+
+def test_bench_get_many_256_buffered(benchmark: object, buffered_store: SeqVault) -> None:
+    users = np.random.default_rng(1).choice(512, 256, replace=False).astype(np.uint64)
+    offsets, cols = benchmark(buffered_store.get_many, users)
+    assert offsets[-1] == 256 * 1000
+    np.testing.assert_array_equal(cols["ts"][offsets[3]:offsets[4]], buffered_store.get(int(users[3]))["ts"])
+    _rate(benchmark, 256 * 1000, "events_per_s")
+
+
+def test_bench_open(benchmark: object, tmp_path: Path) -> None:
+    """Reopen a store of 200k users (index rebuilt from its snapshot); DRAM bytes per user in extra_info."""
+    n_users = 200_000 * SCALE
+    rng = np.random.default_rng(7)
+    uids = np.arange(n_users, dtype=np.uint64)
+    path = tmp_path / "o"
+    with SeqVault.open(path, schema=SCHEMA, max_len=1000) as sv:
+        sv.bulk_load(uids, events(rng, uids))
+        loaded = sv.stats()["index_bytes"] / n_users
+
+    def reopen() -> float:
+        with SeqVault.open(path) as sv:
+            return sv.stats()["index_bytes"] / n_users
+
+    per_user = benchmark.pedantic(reopen, rounds=3)
+    benchmark.extra_info.update(index_bytes_per_user_open=round(per_user, 1),
+                                index_bytes_per_user_bulk_load=round(loaded, 1))
+
+
 def test_bench_decode(benchmark: object, read_store: SeqVault) -> None:
     """Batch decode of 256 stored 1000-event records (the get_many decode step)."""
     e = read_store.index.lookup(np.arange(256, dtype=np.uint64))
