@@ -89,7 +89,8 @@ class SeqVault:
         self.index = HashIndex()
         if manifest.index_file:
             snap = read_snapshot(directory / manifest.index_file)
-            self.index = HashIndex(capacity=max(1024, 2 * len(snap["user_id"])))
+            # Packed as from_entries packs (<= 32 B/user); 2x the users would cost 52 B/user.
+            self.index = HashIndex.for_users(len(snap["user_id"]))
             self.index.upsert(snap["user_id"], snap["file_id"], snap["offset"], snap["length"],
                               snap["count"], snap["checksum"])
         self.files: dict[int, DataFile] = recovery.open_data_files(directory, manifest, direct_io)

@@ -15,10 +15,13 @@ file id < 65534, offset < 2**40 (1 TiB per data file), count < 2**24 events, len
 The home slot of a key is ``((fmix64(key) >> 32) * capacity) >> 32``, which allows any
 capacity, so the table grows by 1.5x (not 2x) to keep memory per user low. Deletes leave
 tombstones; when live + tombstone slots would pass ``max_load`` the table is rebuilt: at the
-same size when dropping the tombstones leaves ample room, else 1.5x bigger. At the default
+same size when dropping the tombstones leaves ample room, else 1.5x bigger (or, when one upsert
+brings more new keys than that holds, straight to the ``for_users`` size of the result, so a
+bulk load of n users costs one rebuild and ends under 32 bytes per user). At the default
 max_load of 0.85 that is 26 / 0.85 = 30.6 bytes per user just before a grow and
-26 / 0.567 = 45.9 right after one. ``capacity`` counts slots: size a table for n users with
-``from_entries`` or ``HashIndex(int(n / 0.82))`` to stay under 32 bytes per user.
+26 / 0.567 = 45.9 right after a 1.5x one. ``capacity`` counts slots: size a table for n users
+with ``for_users`` / ``from_entries`` (or ``HashIndex(int(n / 0.82))``) to stay under 32 bytes
+per user.
 
 Concurrency (the engine serialises writers; readers may run alongside, also in other threads
 since the kernels release the GIL):
@@ -323,10 +326,16 @@ class HashIndex:
             self._live += added
             self._tombstones -= reused
             if start < n:
-                # Full. Rebuilding at the same size (dropping tombstones) suffices when even
-                # all remaining rows being new keys would leave a quarter of the headroom.
-                grow = self._live + (n - start) > 0.75 * self._limit(cap)
-                self._rebuild(int(cap * self.growth) + 1 if grow else cap)
+                # Full. Count the keys still to come that are really new (a merge's batch is
+                # mostly updates of present users), then rebuild: at the same size (dropping
+                # tombstones) when they leave a quarter of the headroom, else 1.5x bigger, or
+                # straight to the packed size of the result if that is bigger still (one rebuild,
+                # not one per 1.5x step, and <= 32 bytes per user after a big bulk load).
+                need = self._live + _count_new(self._t, uids[start:])
+                if need <= 0.75 * self._limit(cap):
+                    self._rebuild(cap)
+                else:
+                    self._rebuild(max(int(cap * self.growth) + 1, _packed_capacity(need, self.max_load)))
 
     def delete(self, user_ids: np.ndarray) -> int:
         """Remove the given ids (absent ones are ignored); returns how many were removed."""
@@ -338,12 +347,18 @@ class HashIndex:
 
     # -- whole-table operations --------------------------------------------------------------------
     @classmethod
+    def for_users(cls, n: int, *, max_load: float = 0.85, growth: float = 1.5) -> HashIndex:
+        """An empty index sized for ``n`` users as :meth:`from_entries` sizes it (<= 32 bytes per
+        user at the default max_load once they are in, ~4% room before the first grow)."""
+        return cls(_packed_capacity(n, max_load), max_load=max_load, growth=growth)
+
+    @classmethod
     def from_entries(cls, e: IndexEntries, *, max_load: float = 0.85, growth: float = 1.5) -> HashIndex:
         """Build an index holding ``e``'s entries (rows with found False are skipped) at 96% of
         ``max_load``: <= 32 bytes per user at the default max_load, with ~4% room before a grow."""
         mask = np.asarray(e.found, dtype=bool)
         n = int(mask.sum())
-        idx = cls(int(n / (max_load * 0.96)) + 1, max_load=max_load, growth=growth)
+        idx = cls.for_users(n, max_load=max_load, growth=growth)
         idx.upsert(e.user_id[mask], e.file_id[mask], e.offset[mask], e.length[mask], e.count[mask],
                    e.checksum[mask])
         return idx
@@ -361,6 +376,18 @@ class HashIndex:
         per_user = self.nbytes / self._live if self._live else float("nan")
         return (f"HashIndex({self._live} users, {self.capacity} slots, {self.nbytes} bytes, "
                 f"{per_user:.1f} B/user)")
+
+
+def _packed_capacity(n: int, max_load: float) -> int:
+    # 96% of max_load: <= 32 bytes per user at the default 0.85, with ~4% room before a grow.
+    return int(n / (max_load * 0.96)) + 1
+
+
+def _count_new(tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], uids: np.ndarray) -> int:
+    """How many distinct keys of ``uids`` the table does not hold."""
+    found, _, _, _ = _lookup(*tables, uids)
+    absent = uids[~found]
+    return len(np.unique(absent)) if len(absent) > 1 else len(absent)
 
 
 def _tables(rows: np.ndarray, fid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -265,6 +265,31 @@ def test_delete_is_durable_and_space_is_reclaimed(tmp_path: Path) -> None:
         assert sv.get(3)["item"].tolist() == list(range(20))
 
 
+def test_index_is_packed_after_bulk_load_open_and_recovery(tmp_path: Path) -> None:
+    """The DRAM index stays within the documented <= 32 bytes per user (HashIndex.from_entries
+    sizing) after a bulk load, after a reopen and after a crash recovery, and growth still works."""
+    n = 50_000
+    uids = np.arange(n, dtype=np.uint64) * np.uint64(7)
+    ts = list(range(n))
+    with SeqVault.open(tmp_path / "s", schema=SCHEMA) as sv:
+        sv.bulk_load(uids, cols(ts))
+        assert sv.stats()["index_bytes"] / n <= 32
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert sv.stats()["index_bytes"] / n <= 32
+        sv.append(uids[:10] + np.uint64(1), cols([1] * 10))  # ten new users, in the WAL only
+        sv.delete(uids[:5])
+        sv._abandon()  # a crash: the next open replays the WAL
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert sv.stats()["index_bytes"] / (n - 5) <= 32
+        assert sv.get(int(uids[0]))["ts"].tolist() == [] and sv.get(int(uids[5]))["ts"].tolist() == [5]
+        sv.merge()  # the new users grow the packed table
+        offsets, c = sv.get_many(np.concatenate([uids, uids[:10] + np.uint64(1)]))
+        assert np.diff(offsets).tolist() == [0] * 5 + [1] * (n - 5) + [1] * 10
+        assert c["ts"].tolist() == ts[5:] + [1] * 10
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert sv.stats()["index_bytes"] / (n + 5) <= 32
+
+
 def test_bulk_load_merges_with_stored_and_buffered_events(tmp_path: Path) -> None:
     with SeqVault.open(tmp_path / "s", schema=SCHEMA, max_len=5) as sv:
         sv.append([1, 1], cols([10, 20], [1, 2]))

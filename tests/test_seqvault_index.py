@@ -123,6 +123,36 @@ def test_bytes_per_user_after_grow_and_at_max_load() -> None:
     assert 40 < after_grow < 50, after_grow
 
 
+def test_a_big_upsert_grows_once_to_the_packed_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk load of many new keys rebuilds once, straight to from_entries' size (<= 32 B/user),
+    instead of once per 1.5x step (ending anywhere up to 46 B/user)."""
+    idx = HashIndex()
+    idx.upsert(np.arange(100, dtype=np.uint64), 1, 2, 3, 4, 5)
+    rebuilds: list[int] = []
+    real = HashIndex._rebuild
+    monkeypatch.setattr(HashIndex, "_rebuild", lambda self, cap: (rebuilds.append(cap), real(self, cap))[1])
+    keys = np.arange(200_000, dtype=np.uint64) * np.uint64(3)  # 34 of them are present already
+    idx.upsert(np.concatenate([keys, keys[:1000]]), 1, 2, 3, 4, 5)  # duplicates count once
+    assert len(rebuilds) == 1 and len(idx) == 200_000 + 100 - 34
+    assert idx.nbytes / len(idx) <= 32, idx
+    assert idx.lookup(keys).found.all() and idx.lookup(np.arange(100, dtype=np.uint64)).found.all()
+
+
+def test_a_full_table_grows_by_its_new_keys_not_its_batch_size() -> None:
+    idx = HashIndex(1000)
+    keys = np.arange(int(1000 * idx.max_load), dtype=np.uint64)
+    idx.upsert(keys, 1, 2, 3, 4, 5)
+    # Mostly updates of present keys (a merge's batch), one new key at the end: a 1.5x grow only.
+    idx.upsert(np.concatenate([keys, keys, keys, np.full(50, 10**12, np.uint64)]), 2, 2, 3, 4, 5)
+    assert idx.capacity == int(1000 * idx.growth) + 1 and len(idx) == len(keys) + 1
+    # After deletes, a batch of updates and a few new keys fits without growing.
+    assert idx.delete(keys[:600]) == 600
+    before = idx.capacity
+    idx.upsert(np.concatenate([keys[600:], np.arange(10**6, 10**6 + 300, dtype=np.uint64)]), 3, 2, 3, 4, 5)
+    assert idx.capacity == before and len(idx) == len(keys) - 600 + 1 + 300
+    assert (idx.lookup(keys[600:]).file_id == 3).all()
+
+
 def test_deletes_then_inserts_reuse_space_without_growing() -> None:
     idx = HashIndex(100)
     for round_ in range(20):
