@@ -1,23 +1,32 @@
 """The in-memory update buffer: appended events waiting for the next sequence-level merge.
 
-Appends only add a batch to a list (cheap). Reads take an immutable :class:`BufferView`; when the
-unsorted tail has grown, the view first folds it into a part sorted by user (stable, so each user's
-rows stay in arrival order), which turns a lookup into a binary search. Every change builds new
-arrays instead of mutating old ones, so a reader holding a view never sees a half-done update.
+The buffer is a short list of *runs*, oldest first. A run holds the rows of a contiguous stretch
+of appends sorted by user (stably, so each user's rows stay in arrival order), so a read finds a
+user's rows in a run with a binary search instead of scanning every appended batch. An append
+turns its batch into a run and then merges the newest two runs while the older is at most
+``_MERGE_RATIO`` times the newer (a binary counter in base ``_MERGE_RATIO``): run sizes grow
+geometrically towards the oldest, so there are O(log(events)) runs (<= 8 for 250k events in
+5-event appends) and each event is re-sorted O(log(events)) times in all.
+
+Runs are immutable and the list of them is one tuple that an append replaces with a single
+reference assignment, so :meth:`UpdateBuffer.view` needs no lock: a reader holding a view sees the
+buffer as it was, never a half-done append or merge, and never waits for an append's merge.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from seqvault.schema import Schema
 from seqvault.seqmerge import _ranges
 
-_MIN_TAIL_TO_FOLD = 16384
+# Merge the newest two runs while older.events <= _MERGE_RATIO * newer.events. Higher means fewer
+# runs to search per read and more re-sorting per append; 4 keeps reads at <= ~8 binary searches.
+_MERGE_RATIO = 4
 
 
 @dataclass(frozen=True)
@@ -40,72 +49,117 @@ class _Sorted:
 
 
 @dataclass(frozen=True)
-class BufferView:
-    """A consistent snapshot of one buffer. Rows of ``sorted`` arrived before rows of ``tail``."""
+class _Run:
+    """Rows of consecutive appends sorted by user (arrival order within a user): ``row_users``
+    holds each row's user, ascending, so a user's rows are one ``searchsorted`` range."""
 
-    sorted: _Sorted
-    tail: tuple[_Batch, ...] = field(default=())
+    row_users: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    @property
+    def events(self) -> int:
+        return len(self.row_users)
+
+
+@dataclass(frozen=True)
+class BufferView:
+    """A consistent snapshot of one buffer: its runs, oldest first."""
+
+    runs: tuple[_Run, ...]
+    empty: dict[str, np.ndarray]  # the schema's columns with no rows (what an empty buffer yields)
 
     def rows_for(self, users: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Buffered rows of the given *unique, ascending* users: (index into ``users`` per row, columns).
 
         Rows are grouped by the request index and, within a user, in arrival order.
         """
+        if len(users) == 1:
+            return self._rows_for_one(users[0])
         parts_idx: list[np.ndarray] = []
         parts_rows: list[dict[str, np.ndarray]] = []
-        s = self.sorted
-        if len(s.users):
-            pos = np.searchsorted(s.users, users)
-            pos_c = np.minimum(pos, len(s.users) - 1)
-            hit = s.users[pos_c] == users
-            if hit.any():
-                which = np.nonzero(hit)[0]
-                starts, ends = s.offsets[pos_c[which]], s.offsets[pos_c[which] + 1]
-                counts = ends - starts
-                rows = _ranges(starts, counts)
+        for run in self.runs:
+            lo = np.searchsorted(run.row_users, users, "left")
+            counts = np.searchsorted(run.row_users, users, "right") - lo
+            which = np.flatnonzero(counts)
+            if len(which):
+                counts = counts[which]
+                rows = _ranges(lo[which], counts)
                 parts_idx.append(np.repeat(which, counts))
-                parts_rows.append({k: v[rows] for k, v in s.columns.items()})
-        for batch in self.tail:
-            pos = np.searchsorted(users, batch.uids)
-            pos_c = np.minimum(pos, len(users) - 1)
-            hit = users[pos_c] == batch.uids if len(users) else np.zeros(len(batch.uids), bool)
-            if hit.any():
-                rows = np.nonzero(hit)[0]
-                parts_idx.append(pos_c[rows])
-                parts_rows.append({k: v[rows] for k, v in batch.columns.items()})
+                parts_rows.append({k: v[rows] for k, v in run.columns.items()})
         if not parts_idx:
             return np.empty(0, np.int64), {}
         idx = np.concatenate(parts_idx).astype(np.int64, copy=False)
         cols = {k: np.concatenate([p[k] for p in parts_rows]) for k in parts_rows[0]}
         if len(parts_idx) > 1:
+            # Runs were visited oldest first, so a stable sort by request keeps arrival order.
             order = np.argsort(idx, kind="stable")
             idx = idx[order]
             cols = {k: v[order] for k, v in cols.items()}
         return idx, cols
 
+    def _rows_for_one(self, user: np.uint64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        # The single-user read (``get``): scalar searches and slices (views, no gather) per run.
+        hits: list[dict[str, np.ndarray]] = []
+        for run in self.runs:
+            lo = run.row_users.searchsorted(user, "left")
+            hi = run.row_users.searchsorted(user, "right")
+            if hi > lo:
+                hits.append({k: v[lo:hi] for k, v in run.columns.items()})
+        if not hits:
+            return np.empty(0, np.int64), {}
+        cols = hits[0] if len(hits) == 1 else {k: np.concatenate([h[k] for h in hits]) for k in hits[0]}
+        return np.zeros(len(next(iter(cols.values()))), np.int64), cols
+
     def users(self) -> np.ndarray:
-        parts = [self.sorted.users] + [b.uids for b in self.tail]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+        if not self.runs:
+            return np.empty(0, np.uint64)
+        return np.unique(np.concatenate([r.row_users for r in self.runs]))
 
     @property
     def events(self) -> int:
-        return self.sorted.events + sum(len(b.uids) for b in self.tail)
+        return sum(r.events for r in self.runs)
 
     def all_rows(self) -> _Sorted:
         """Everything, grouped by user in arrival order (what a merge consumes)."""
-        return _fold(self.sorted, list(self.tail))
+        return _grouped(_merge_runs(self.runs), self.empty)
+
+
+def _run_of(uids: np.ndarray, columns: dict[str, np.ndarray]) -> _Run:
+    if len(uids) and (uids == uids[0]).all():  # one user's batch (the common live append): no sort
+        return _Run(uids, columns)
+    order = np.argsort(uids, kind="stable")  # stable: a user's rows keep their arrival order
+    return _Run(uids[order], {k: v[order] for k, v in columns.items()})
+
+
+def _merge_runs(runs: tuple[_Run, ...] | list[_Run]) -> _Run | None:
+    """One run holding ``runs`` (consecutive, oldest first); a user's rows stay in arrival order."""
+    if not runs:
+        return None
+    if len(runs) == 1:
+        return runs[0]
+    keys = np.concatenate([r.row_users for r in runs])
+    # Stable: rows of older runs (earlier in ``keys``) stay first. The input is a few sorted
+    # stretches, which NumPy's stable sort (timsort for 64-bit keys) merges in about linear time.
+    order = np.argsort(keys, kind="stable")
+    return _Run(keys[order], {k: np.concatenate([r.columns[k] for r in runs])[order] for k in runs[0].columns})
+
+
+def _grouped(run: _Run | None, empty: dict[str, np.ndarray]) -> _Sorted:
+    if run is None:
+        return _Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64), empty)
+    su = run.row_users
+    starts = np.flatnonzero(np.concatenate(([True], su[1:] != su[:-1])))
+    offsets = np.append(starts, len(su)).astype(np.int64)
+    return _Sorted(su[starts], offsets, run.columns)
 
 
 def _fold(base: _Sorted, tail: list[_Batch]) -> _Sorted:
+    """``base`` followed by ``tail``'s batches, grouped by user in arrival order (bulk loads)."""
     if not tail:
         return base
-    uids = np.concatenate([np.repeat(base.users, np.diff(base.offsets))] + [b.uids for b in tail])
-    order = np.argsort(uids, kind="stable")  # stable: a user's rows keep their arrival order
-    su = uids[order]
-    cols = {k: np.concatenate([base.columns[k]] + [b.columns[k] for b in tail])[order] for k in base.columns}
-    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]]) if len(su) else np.empty(0, np.int64)
-    offsets = np.append(starts, len(su)).astype(np.int64)
-    return _Sorted(su[starts], offsets, cols)
+    runs = [_Run(np.repeat(base.users, np.diff(base.offsets)), base.columns)] if base.events else []
+    runs += [_run_of(b.uids, b.columns) for b in tail if len(b.uids)]
+    return _grouped(_merge_runs(runs), base.columns)
 
 
 class UpdateBuffer:
@@ -113,49 +167,49 @@ class UpdateBuffer:
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self._lock = threading.Lock()
-        self._sorted = _Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64), schema.empty_columns())
-        self._tail: list[_Batch] = []
-        self._tail_events = 0
+        self._lock = threading.Lock()  # serialises writers; readers take ``_runs`` without it
+        self._runs: tuple[_Run, ...] = ()
+        self._empty = schema.empty_columns()
+        self._events = 0
         self._nbytes = 0
         self.first_append_time: float | None = None
 
     def add(self, uids: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         if len(uids) == 0:
             return
+        run = _run_of(uids, columns)
         with self._lock:
-            self._tail = [*self._tail, _Batch(uids, columns)]
-            self._tail_events += len(uids)
+            runs = [*self._runs, run]
+            while len(runs) >= 2 and runs[-2].events <= _MERGE_RATIO * runs[-1].events:
+                newer = runs.pop()
+                runs[-1] = _merge_runs((runs[-1], newer))
+            self._runs = tuple(runs)  # one reference swap publishes the append (and its merges)
+            self._events += len(uids)
             self._nbytes += uids.nbytes + sum(c.nbytes for c in columns.values())
             if self.first_append_time is None:
                 self.first_append_time = time.monotonic()
 
     def view(self) -> BufferView:
-        with self._lock:
-            if self._tail_events > max(_MIN_TAIL_TO_FOLD, self._sorted.events // 4):
-                self._sorted = _fold(self._sorted, self._tail)
-                self._tail, self._tail_events = [], 0
-            return BufferView(self._sorted, tuple(self._tail))
+        return BufferView(self._runs, self._empty)
 
     def remove_users(self, users: np.ndarray) -> int:
         """Drop every buffered event of these users (a delete); returns how many were dropped."""
         with self._lock:
-            folded = _fold(self._sorted, self._tail)
-            row_users = np.repeat(folded.users, np.diff(folded.offsets))
-            drop = np.isin(row_users, users)
-            dropped = int(drop.sum())
+            run = _merge_runs(self._runs)
+            if run is None:
+                return 0
+            keep = ~np.isin(run.row_users, users)
+            dropped = run.events - int(keep.sum())
             if dropped:
-                keep = ~drop
-                folded = _fold(_Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64),
-                                       self.schema.empty_columns()),
-                               [_Batch(row_users[keep], {k: v[keep] for k, v in folded.columns.items()})])
-                self._nbytes = folded.events * (8 + self.schema.row_bytes)
-            self._sorted, self._tail, self._tail_events = folded, [], 0
+                run = _Run(run.row_users[keep], {k: v[keep] for k, v in run.columns.items()})
+                self._nbytes = run.events * (8 + self.schema.row_bytes)
+            self._runs = (run,) if run.events else ()
+            self._events = run.events
             return dropped
 
     @property
     def events(self) -> int:
-        return self._sorted.events + self._tail_events
+        return self._events
 
     @property
     def nbytes(self) -> int:

@@ -89,12 +89,51 @@ def test_buffer_rows_for_matches_reference(batches: list[list[int]], probe: list
         everything += [(u, arrival + j) for j, u in enumerate(users)]
         arrival += len(users)
         if i % 3 == 2:
-            buf._tail_events = 10**9  # force the fold path on the next view
-            buf.view()
+            buf.remove_users(np.array([99], np.uint64))  # removes nothing but folds every run into one
     users = np.array(sorted(probe), np.uint64)
     idx, got = buf.view().rows_for(users)
     for k, u in enumerate(users.tolist()):
         assert got.get("ts", np.empty(0))[idx == k].tolist() == [a for uu, a in everything if uu == u]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 40)), min_size=1, max_size=60),
+       st.lists(st.integers(0, 12), unique=True, max_size=6), st.integers(0, 2**32 - 1))
+def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: list[int], seed: int) -> None:
+    """Mixed single-user and many-user appends build runs of many sizes (so merges at several
+    levels); every read, the merge's view and deletes must equal a plain list of appended rows.
+    A view taken earlier must not change when later appends merge runs."""
+    rng = np.random.default_rng(seed)
+    buf = UpdateBuffer(SCHEMA)
+    everything: list[tuple[int, int]] = []  # (user, arrival)
+    early = None
+    for i, (one_user, n) in enumerate(batches):
+        users = np.full(n, rng.integers(0, 12)) if one_user else rng.integers(0, 12, n)
+        arrival = list(range(len(everything), len(everything) + n))
+        buf.add(users.astype(np.uint64), cols(arrival))
+        everything += list(zip(users.tolist(), arrival, strict=True))
+        if i == len(batches) // 2:
+            early, early_rows = buf.view(), list(everything)
+    view = buf.view()
+    assert view.events == buf.events == len(everything) and len(view.runs) <= 8
+    assert view.users().tolist() == sorted({u for u, _ in everything})
+    for p in [sorted(probe)] + [[u] for u in probe]:
+        idx, got = view.rows_for(np.array(p, np.uint64))
+        for k, u in enumerate(p):
+            assert got.get("ts", np.empty(0))[idx == k].tolist() == [a for uu, a in everything if uu == u]
+    if early is not None:
+        for u in range(12):
+            _, got = early.rows_for(np.array([u], np.uint64))
+            assert got.get("ts", np.empty(0)).tolist() == [a for uu, a in early_rows if uu == u]
+    rows = view.all_rows()
+    assert rows.users.tolist() == sorted({u for u, _ in everything})
+    for i, u in enumerate(rows.users.tolist()):
+        assert rows.columns["ts"][rows.offsets[i]:rows.offsets[i + 1]].tolist() == \
+            [a for uu, a in everything if uu == u]
+    gone = np.array(probe, np.uint64)
+    assert buf.remove_users(gone) == sum(1 for u, _ in everything if u in probe)
+    _, got = buf.view().rows_for(np.arange(12, dtype=np.uint64))
+    assert got.get("ts", np.empty(0)).tolist() == [a for _, a in sorted(
+        ((u, a) for u, a in everything if u not in probe), key=lambda r: r[0])]
 
 
 # -- the WAL ------------------------------------------------------------------------------------
