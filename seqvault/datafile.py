@@ -18,6 +18,22 @@ import numpy as np
 from seqvault.errors import SeqVaultError
 
 ALIGN = 4096
+# O_DIRECT reads go through a page-aligned bounce buffer kept per thread (a thread runs one read
+# at a time; threads never share one): mapping and unmapping a fresh one per read cost ~15-30 us
+# of a ~40 us direct read. Reads bigger than this get a one-off buffer rather than pinning it.
+_BOUNCE_KEEP_MAX = 1 << 20
+_bounce = threading.local()
+
+
+def _bounce_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of at least ``size`` bytes, reused by this thread when small enough."""
+    if size > _BOUNCE_KEEP_MAX:
+        return mmap.mmap(-1, size)  # anonymous maps are page aligned
+    buf = getattr(_bounce, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = mmap.mmap(-1, max(size, 16 * ALIGN))
+        _bounce.buf = buf  # the one it replaces is unmapped once nothing refers to it
+    return buf
 
 
 def data_file_name(file_id: int) -> str:
@@ -116,17 +132,17 @@ class DataFile:
         if self._direct_fd >= 0:
             start = offset - offset % ALIGN
             end = -(-(offset + length) // ALIGN) * ALIGN
-            aligned = mmap.mmap(-1, end - start)  # anonymous maps are page aligned
-            try:
+            bounce = _bounce_buffer(end - start)
+            with memoryview(bounce) as whole, whole[:end - start] as aligned:
                 got = os.preadv(self._direct_fd, [aligned], start)
                 if got < offset + length - start:
                     raise SeqVaultError(f"short read from {self.path} at offset {offset}: the file ends early")
-                src = np.frombuffer(aligned, np.uint8, length, offset - start)
-                out[:] = src
-                del src  # release the buffer export so the map can close
-            finally:
-                aligned.close()
+                out[:] = np.frombuffer(aligned, np.uint8, length, offset - start)
             return
+        # Buffered reads: one pread straight into the caller's buffer (engine reads fill one
+        # preallocated buffer per batch). A long-lived mmap per file measured no faster end to end
+        # (get / get_many of 256 users within noise, ~0.5 us per warm record copy saved) and would
+        # need remapping as files grow and care not to touch pages a failed merge truncates.
         got = os.preadv(self._fd, [out], offset)
         if got < length:
             raise SeqVaultError(f"short read from {self.path} at offset {offset}: wanted {length} bytes, "

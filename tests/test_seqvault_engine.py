@@ -258,6 +258,40 @@ def test_direct_io_reads_match_buffered_reads(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[1][k], want[1][k])
 
 
+def test_direct_io_reads_from_many_threads(tmp_path: Path) -> None:
+    """Direct reads reuse a bounce buffer per thread: concurrent reads of many sizes and offsets
+    (one bigger than the buffer kept) must each return their own bytes; a read past the end fails."""
+    from seqvault.datafile import _BOUNCE_KEEP_MAX, DataFile
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 3 * _BOUNCE_KEEP_MAX, dtype=np.uint8)
+    writer = DataFile(tmp_path, 1, 0, create=True)
+    writer.append(data)
+    writer.sync()
+    writer.retire(unlink=False)
+    f = DataFile(tmp_path, 1, len(data), direct_io=True)
+    spans = [(int(o), int(n)) for o, n in zip(rng.integers(0, _BOUNCE_KEEP_MAX, 300),
+                                               rng.integers(1, 70_000, 300), strict=True)]
+    spans += [(123, _BOUNCE_KEEP_MAX + 5000), (0, 1), (4096, 4096), (len(data) - 7, 7)]
+    errors: list[tuple[int, int]] = []
+
+    def reader(seed: int) -> None:
+        for i in np.random.default_rng(seed).permutation(len(spans)):
+            o, n = spans[i]
+            if not np.array_equal(f.read(o, n), data[o:o + n]):
+                errors.append((o, n))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    with pytest.raises(SeqVaultError, match="short read"):
+        f.read(len(data) - 10, 20)
+    f.retire(unlink=False)
+
+
 def test_direct_io_refused_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Filesystems that refuse O_DIRECT answer EINVAL (older tmpfs does); the store says what to do."""
     import errno
