@@ -55,6 +55,7 @@ class DriveResult:
     wire_bytes: np.ndarray            # payload bytes received per measured request
     wire_encode_ns: np.ndarray        # node time spent encoding + compressing per measured request
     events: np.ndarray                # events fetched per measured request
+    dispatch_lag_ns: np.ndarray       # sent - intended: the part of ``queue`` spent before the fetch was sent
     completed: bool                   # every request answered (not aborted, none lost)
     grew: bool                        # latency grew over the run: offered rate above capacity
 
@@ -173,7 +174,7 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
         topk=topk[ok], wire_bytes=np.array([len(payloads[j][0]) for j in ok], dtype=np.int64),
         wire_encode_ns=np.array([payloads[j][2] for j in ok], dtype=np.int64),
         events=np.array([payloads[j][1] for j in ok], dtype=np.int64),
-        completed=not aborted and len(ok) == n - m0, grew=grew)
+        dispatch_lag_ns=ts["sent"][ok] - intended[ok], completed=not aborted and len(ok) == n - m0, grew=grew)
 
 
 def within_budget(result: DriveResult, budget_ms: float) -> bool:
@@ -184,15 +185,17 @@ def within_budget(result: DriveResult, budget_ms: float) -> bool:
 
 
 def search_max_rate(run_at: Callable[[float], DriveResult], budget_ms: float, *, start_rate: float,
-                    time_budget_s: float, bisect_steps: int = 4) -> tuple[float | None, list[dict[str, Any]]]:
+                    time_budget_s: float, bisect_steps: int = 4,
+                    step_s: Callable[[float], float] = lambda rate: 0.0) -> tuple[float | None, list[dict[str, Any]]]:
     """The highest rate whose short open-loop run keeps total p99 inside the budget: double from
-    ``start_rate`` until a run fails, then bisect; stop when ``time_budget_s`` is spent.
+    ``start_rate`` until a run fails, then bisect; stop before a step (``step_s(rate)`` long) would end
+    after ``time_budget_s``.
     Returns (best passing rate or None, the steps tried)."""
     t_end = time.monotonic() + time_budget_s
     steps: list[dict[str, Any]] = []
     good, bad = None, None
     rate, bisected = start_rate, 0
-    while time.monotonic() < t_end:
+    while time.monotonic() + step_s(rate) < t_end:
         result = run_at(rate)
         ok = within_budget(result, budget_ms)
         p99 = result.summary()["total"]["p99_ms"] if len(result.stages_ns["total"]) else None
