@@ -185,7 +185,7 @@ def _e2e_section(results: ResultSet) -> dict[str, Any]:
         rows.append({"label": label, "source": source, "stages": stages, "stage_rows": stage_rows,
                      "wire_rows": wire_rows, "budget_ms": b, "note": run.get("note"),
                      "facts": {k: run.get(k) for k in ("store", "model", "device", "seq_len", "candidates",
-                                                       "rate_per_s", "max_rate_within_budget_per_s",
+                                                       "top_k", "rate_per_s", "max_rate_within_budget_per_s",
                                                        "batching") if k in run}})
     chart = charts.e2e_breakdown(rows, budget, "chart-e2e") if rows else None
     return {"runs": rows, "chart": chart, "budget_ms": budget,
