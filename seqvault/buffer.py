@@ -1,16 +1,16 @@
 """The in-memory update buffer: appended events waiting for the next sequence-level merge.
 
-The buffer is a short list of *runs*, oldest first. A run holds the rows of a contiguous stretch
-of appends sorted by user (stably, so each user's rows stay in arrival order), so a read finds a
-user's rows in a run with a binary search instead of scanning every appended batch. An append
-turns its batch into a run and then merges the newest two runs while the older is at most
-``_MERGE_RATIO`` times the newer (a binary counter in base ``_MERGE_RATIO``): run sizes grow
-geometrically towards the oldest, so there are O(log(events)) runs (<= 8 for 250k events in
-5-event appends) and each event is re-sorted O(log(events)) times in all.
+Appends only add a batch to a pending list (cheap: no sorting on the write path). The first
+read after them (:meth:`UpdateBuffer.view`) turns the pending batches into one *run*: rows
+sorted by user, stably, so each user's rows stay in arrival order. The buffer is a short list
+of runs, oldest first, and a read finds a user's rows in each with a binary search instead of
+scanning every appended batch. After adding a run, the newest two are merged while the older
+is at most ``_MERGE_RATIO`` times the newer (a binary counter in base ``_MERGE_RATIO``), so run
+sizes grow geometrically towards the oldest: O(log(events)) runs (<= 8 for 250k events arriving
+as 5-event appends with a read after each) and each event re-sorted O(log(events)) times in all.
 
-Runs are immutable and the list of them is one tuple that an append replaces with a single
-reference assignment, so :meth:`UpdateBuffer.view` needs no lock: a reader holding a view sees the
-buffer as it was, never a half-done append or merge, and never waits for an append's merge.
+Every change builds new arrays instead of mutating old ones, and a view holds a tuple of
+immutable runs, so a reader holding a view never sees a half-done update.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from seqvault.schema import Schema
 from seqvault.seqmerge import _ranges
 
 # Merge the newest two runs while older.events <= _MERGE_RATIO * newer.events. Higher means fewer
-# runs to search per read and more re-sorting per append; 4 keeps reads at <= ~8 binary searches.
+# runs to search per read and more re-sorting per event; 4 keeps reads at <= ~8 binary searches.
 _MERGE_RATIO = 4
 
 
@@ -125,10 +125,17 @@ class BufferView:
 
 
 def _run_of(uids: np.ndarray, columns: dict[str, np.ndarray]) -> _Run:
-    if len(uids) and (uids == uids[0]).all():  # one user's batch (the common live append): no sort
+    if len(uids) and (uids == uids[0]).all():  # one user's rows (a live append, read soon after): no sort
         return _Run(uids, columns)
     order = np.argsort(uids, kind="stable")  # stable: a user's rows keep their arrival order
     return _Run(uids[order], {k: v[order] for k, v in columns.items()})
+
+
+def _run_of_batches(batches: list[_Batch]) -> _Run:
+    if len(batches) == 1:
+        return _run_of(batches[0].uids, batches[0].columns)
+    return _run_of(np.concatenate([b.uids for b in batches]),
+                   {k: np.concatenate([b.columns[k] for b in batches]) for k in batches[0].columns})
 
 
 def _merge_runs(runs: tuple[_Run, ...] | list[_Run]) -> _Run | None:
@@ -167,8 +174,9 @@ class UpdateBuffer:
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
-        self._lock = threading.Lock()  # serialises writers; readers take ``_runs`` without it
+        self._lock = threading.Lock()
         self._runs: tuple[_Run, ...] = ()
+        self._pending: list[_Batch] = []  # appended since the last view, in arrival order
         self._empty = schema.empty_columns()
         self._events = 0
         self._nbytes = 0
@@ -177,25 +185,29 @@ class UpdateBuffer:
     def add(self, uids: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         if len(uids) == 0:
             return
-        run = _run_of(uids, columns)
         with self._lock:
-            runs = [*self._runs, run]
-            while len(runs) >= 2 and runs[-2].events <= _MERGE_RATIO * runs[-1].events:
-                newer = runs.pop()
-                runs[-1] = _merge_runs((runs[-1], newer))
-            self._runs = tuple(runs)  # one reference swap publishes the append (and its merges)
+            self._pending.append(_Batch(uids, columns))
             self._events += len(uids)
             self._nbytes += uids.nbytes + sum(c.nbytes for c in columns.values())
             if self.first_append_time is None:
                 self.first_append_time = time.monotonic()
 
     def view(self) -> BufferView:
-        return BufferView(self._runs, self._empty)
+        with self._lock:
+            if self._pending:
+                runs = [*self._runs, _run_of_batches(self._pending)]
+                while len(runs) >= 2 and runs[-2].events <= _MERGE_RATIO * runs[-1].events:
+                    newer = runs.pop()
+                    runs[-1] = _merge_runs((runs[-1], newer))
+                self._runs, self._pending = tuple(runs), []
+            return BufferView(self._runs, self._empty)
 
     def remove_users(self, users: np.ndarray) -> int:
         """Drop every buffered event of these users (a delete); returns how many were dropped."""
         with self._lock:
-            run = _merge_runs(self._runs)
+            runs = [*self._runs, _run_of_batches(self._pending)] if self._pending else list(self._runs)
+            run = _merge_runs(runs)
+            self._pending = []
             if run is None:
                 return 0
             keep = ~np.isin(run.row_users, users)

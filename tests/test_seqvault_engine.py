@@ -99,9 +99,9 @@ def test_buffer_rows_for_matches_reference(batches: list[list[int]], probe: list
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 40)), min_size=1, max_size=60),
        st.lists(st.integers(0, 12), unique=True, max_size=6), st.integers(0, 2**32 - 1))
 def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: list[int], seed: int) -> None:
-    """Mixed single-user and many-user appends build runs of many sizes (so merges at several
-    levels); every read, the merge's view and deletes must equal a plain list of appended rows.
-    A view taken earlier must not change when later appends merge runs."""
+    """Mixed single-user and many-user appends, read at random points, build runs of many sizes
+    (so merges at several levels); every read, the merge's view and deletes must equal a plain
+    list of appended rows. A view taken earlier must not change when later reads merge runs."""
     rng = np.random.default_rng(seed)
     buf = UpdateBuffer(SCHEMA)
     everything: list[tuple[int, int]] = []  # (user, arrival)
@@ -111,6 +111,8 @@ def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: lis
         arrival = list(range(len(everything), len(everything) + n))
         buf.add(users.astype(np.uint64), cols(arrival))
         everything += list(zip(users.tolist(), arrival, strict=True))
+        if rng.random() < 0.6:
+            buf.view()  # a read: turns the pending appends into a run
         if i == len(batches) // 2:
             early, early_rows = buf.view(), list(everything)
     view = buf.view()
