@@ -39,7 +39,7 @@ def _arm(value: str) -> tuple[str, str]:
                    "CPU forward inside the default budget on one core).")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
-              help="Requests/s of the measured open-loop run (the trace's burstiness kept). 2: LASER's "
+              help="Requests/s of the measured open-loop run (Poisson arrivals, the trace's users). 2: LASER's "
                    "forward (~55 ms on one core here) keeps its core ~10-20% busy, so queueing stays small.")
 @click.option("--warmup-s", type=click.FloatRange(min=0), default=5.0, show_default=True)
 @click.option("--window-s", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True,

@@ -25,7 +25,7 @@ from storagebench.experiments.run import RunConfig, WorkloadLike, load_backfill,
 from storagebench.measure import machine_info
 from storagebench.node import FETCH, NodeClient
 from storagebench.ranker_stage import RankerStage
-from storagebench.replay import intended_offsets_ns, write_interval_log
+from storagebench.replay import write_interval_log
 from storagebench.results import write_json
 
 DEFAULT_PAIR: tuple[tuple[str, str], ...] = (("rocksdb_lastn", "transformer"), ("seqvault", "laser"))
@@ -103,15 +103,18 @@ def candidate_bank(wl: WorkloadLike, count: int, sets: int = 64, seed: int = 0
 
 
 def make_requests(reads: tuple[np.ndarray, np.ndarray], bank: tuple[np.ndarray, dict[str, np.ndarray]],
-                  rate: float, window_s: float, warmup_s: float = 0.0) -> Requests:
-    """Requests for ``warmup_s + window_s`` at ``rate``/s: the trace's reads in order (cycled if too few),
-    paced by their own timestamps rescaled to the rate (burstiness kept)."""
+                  rate: float, window_s: float, warmup_s: float = 0.0, seed: int = 0) -> Requests:
+    """Requests for ``warmup_s + window_s`` at ``rate``/s: the trace's reads in order (cycled if too few)
+    arriving as a Poisson process. Not the trace's own pacing rescaled: its timestamps are whole
+    milliseconds at ~1,000 reads/s, so slowed to a few requests/s, equal timestamps would turn into
+    bursts of simultaneous requests that no real ranking tier sees."""
     users, times = reads
     n = max(math.ceil(rate * (warmup_s + window_s)), 2)
     idx = np.arange(n) % len(users)
     laps = np.arange(n) // len(users)
     t = times[idx] + laps * (int(times[-1] - times[0]) + 1)
-    offsets = intended_offsets_ns(t, rate=rate)
+    gaps = np.random.default_rng(seed).exponential(1e9 / rate, n)
+    offsets = (np.cumsum(gaps) - gaps[0]).astype(np.int64)
     measured_from = min(int(np.searchsorted(offsets, int(warmup_s * 1e9))), n - 1)
     return Requests(users[idx], t, offsets, bank[0], bank[1], measured_from)
 
@@ -165,7 +168,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
                              seed=cfg.seed)
         # Prime the path (JIT, allocator, file handles) so the warm-up is spent warming, not compiling.
         drive(client, ranker, make_requests(reads, bank, cfg.rate, 0.0, 1.0), top_k=cfg.top_k)
-        reqs = make_requests(reads, bank, cfg.rate, cfg.window_s, cfg.warmup_s)
+        reqs = make_requests(reads, bank, cfg.rate, cfg.window_s, cfg.warmup_s, seed=cfg.seed)
         result = drive(client, ranker, reqs, top_k=cfg.top_k, max_batch=cfg.max_batch,
                        max_wait_ms=cfg.max_wait_ms, progress=lambda done: report("run", done, len(reqs)))
 
@@ -174,7 +177,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
 
         def run_at(rate: float) -> DriveResult:
             report("search", 0, None)
-            return drive(client, ranker, make_requests(reads, bank, rate, step_s(rate), 0.5),
+            return drive(client, ranker, make_requests(reads, bank, rate, step_s(rate), 0.5, seed=cfg.seed),
                          top_k=cfg.top_k, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                          abort_after_s=max(1.0, 10 * cfg.budget_ms / 1e3))
 
