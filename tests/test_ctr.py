@@ -315,3 +315,15 @@ def test_train_command_refuses_cuda_without_a_gpu(stand_in, monkeypatch, tmp_pat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     res = CliRunner().invoke(main, ["train", "--model", "din", "--device", "cuda", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "no CUDA GPU" in res.output and "--device auto" in res.output
+
+
+def test_item_buckets_default_off_for_generated_presets_and_checked() -> None:
+    import click
+
+    from storagebench.cli.train import item_bucket_overrides
+
+    assert item_bucket_overrides(None, None) == {"item_buckets": 1}       # generated: ids carry no signal
+    assert item_bucket_overrides(None, "some/workload") == {}              # a stored log: its own id range
+    assert item_bucket_overrides(5000, None) == {"item_buckets": 5000}
+    with pytest.raises(click.BadParameter, match="at least 1"):
+        item_bucket_overrides(0, None)

@@ -19,7 +19,15 @@ from typing import Any
 import click
 import numpy as np
 
-from storagebench.cli.train import build_task, check_device, jsonable, set_threads, task_options, train_one
+from storagebench.cli.train import (
+    build_task,
+    check_device,
+    item_bucket_overrides,
+    jsonable,
+    set_threads,
+    task_options,
+    train_one,
+)
 
 # The paper's figures (Xiaohongshu Ads, L=1000, d=128): AUC, AUC gain in points, FLOPs.
 PAPER_TABLE2: dict[str, tuple[float, float | None, float | None]] = {
@@ -182,7 +190,7 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
               help="Reuse finished runs from OUT/paper_tables.json made with the same settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def paper_tables(workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-                 negatives: int, negatives_from: str, seed: int, device: str, batch_size: int, lr: float, d: int,
+                 negatives: int, negatives_from: str, item_buckets: int | None, seed: int, device: str, batch_size: int, lr: float, d: int,
                  threads: int | None, seq_len: int, epochs: int, repeats: int, tables: str, out: str, resume: bool,
                  no_progress: bool) -> None:
     """Reproduce the shape of the paper's Table 2 (Base, DIN, TWIN, HSTU, Transformer, LASER: AUC, gain
@@ -202,9 +210,11 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     users = max_users
     check_device(device)
     set_threads(threads)
+    items = item_bucket_overrides(item_buckets, workload)
     setting = {"source": workload or f"preset:{scale}", "max_users": users, "requests_per_user": requests_per_user,
-               "negatives": negatives, "negatives_from": negatives_from, "seed": seed, "batch_size": batch_size, "lr": lr, "d": d,
-               "seq_len": seq_len, "epochs": epochs, "repeats": repeats}
+               "negatives": negatives, "negatives_from": negatives_from, "item_buckets": items.get("item_buckets"),
+               "seed": seed, "batch_size": batch_size, "lr": lr, "d": d, "seq_len": seq_len, "epochs": epochs,
+               "repeats": repeats}
     path = Path(out) / "paper_tables.json"
     runs: dict[str, dict[str, Any]] = {}
     if resume and path.exists():
@@ -239,7 +249,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
             continue
         click.echo(f"[{i}/{len(plan)}] {key} {overrides or ''}", err=True)
         # Repeats vary only the model's initialisation and batch order (seed + k); the task is fixed.
-        reps = [train_one(model, splits, {"d": d, **overrides}, epochs=epochs, batch_size=batch_size, lr=lr,
+        reps = [train_one(model, splits, {"d": d, **items, **overrides}, epochs=epochs, batch_size=batch_size, lr=lr,
                           device=device, seed=seed + k, progress=not no_progress) for k in range(repeats)]
         runs[key] = run = combine_repeats(reps, n_pos, n_neg)
         click.echo(f"    test AUC {run['test']['auc']:.4f} ± {run['test']['auc_se']:.4f} (SE)"
