@@ -195,7 +195,7 @@ def search_max_rate(run_at: Callable[[float], DriveResult], budget_ms: float, *,
     steps: list[dict[str, Any]] = []
     good, bad = None, None
     rate, bisected = start_rate, 0
-    while time.monotonic() + step_s(rate) < t_end:
+    while not steps or time.monotonic() + step_s(rate) < t_end:  # at least one step, whatever the bound
         result = run_at(rate)
         ok = within_budget(result, budget_ms)
         p99 = result.summary()["total"]["p99_ms"] if len(result.stages_ns["total"]) else None

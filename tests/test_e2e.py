@@ -20,7 +20,7 @@ from rankers.inputs import candidates_from_numpy, history_from_csr
 from reports import PlanInputs, load_results, render_html
 from storagebench import wire
 from storagebench.cli import main
-from storagebench.e2e_driver import STAGES
+from storagebench.e2e_driver import STAGES, DriveResult, search_max_rate
 from storagebench.experiments.e2e import (
     E2EConfig,
     candidate_bank,
@@ -50,7 +50,8 @@ def workload():
 @pytest.fixture(scope="module")
 def e2e_dir(workload, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("e2e")
-    run_e2e(workload, tiny_config(search_s=2.0, search_step_s=0.5, max_batch=4, max_wait_ms=2.0), str(out),
+    cfg = tiny_config(search_s=2.0, search_step_s=0.5, search_start_rate=30.0, max_batch=4, max_wait_ms=2.0)
+    run_e2e(workload, cfg, str(out),
             arms=[("memory", "din"), ("seqvault", "laser")])
     return out
 
@@ -101,6 +102,8 @@ def test_result_file_conforms_and_renders(e2e_dir: Path) -> None:
             assert 0 <= st["p50_ms"] <= st["p99_ms"] <= st["p999_ms"]
             assert st["p99_ms"] <= run["stages"]["total"]["p999_ms"] * 1.01 + 0.01
         assert run["max_rate_within_budget_per_s"] is None or run["max_rate_within_budget_per_s"] > 0
+        steps = run["rate_search"]["steps"]
+        assert steps and all(st["rate_per_s"] > 0 and isinstance(st["within_budget"], bool) for st in steps)
         assert set(run["wire_bytes"]) == {"raw", "zstd", "zstd_dict"}
         assert run["wire_bytes"]["zstd"] < run["wire_bytes"]["raw"]
         assert run["wire"]["format"] == "columns"
@@ -151,3 +154,16 @@ def test_cli_help_and_clear_errors() -> None:
     assert res.exit_code == 2 and "top_k (50) cannot exceed candidates (10)" in res.output
     with pytest.raises(ValueError, match="wire_codec must be one of"):
         E2EConfig(wire_codec="gzip")
+
+
+def test_rate_search_doubles_then_bisects_to_the_capacity() -> None:
+    def fake_run(rate: float) -> DriveResult:  # a pipeline that fits the budget up to 10 requests/s
+        total = np.full(50, (50 if rate <= 10 else 200) * 10**6, dtype=np.int64)
+        zeros = np.zeros(50, dtype=np.int64)
+        stages = {s: (total if s in ("forward", "total") else zeros) for s in STAGES}
+        return DriveResult(stages, zeros, 0, np.zeros((50, 1), np.int64), zeros, zeros, zeros, zeros, True, False)
+
+    best, steps = search_max_rate(fake_run, 100.0, start_rate=2.0, time_budget_s=60.0)
+    assert [s["rate_per_s"] for s in steps][:5] == [2.0, 4.0, 8.0, 16.0, 12.0]
+    assert best is not None and 9.0 <= best <= 10.0
+    assert all(s["within_budget"] == (s["rate_per_s"] <= 10) for s in steps)

@@ -200,7 +200,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
         warnings.append(f"{label}: no searched rate kept total p99 within {cfg.budget_ms:g} ms"
                         + (f"; the forward alone takes {fwd:.0f} ms at p99 on {ranker.device}, so no rate can: "
                            f"fewer candidates, a faster device or a larger budget would" if fwd > cfg.budget_ms
-                           else f" (lowest tried: {min(s['rate_per_s'] for s in steps):g}/s)"))
+                           else f" (lowest tried: {min(s['rate_per_s'] for s in steps):g}/s)" if steps else ""))
     ranker_info = ranker.describe()
     run = {
         "store": store, "model": model, "device": ranker_info["device"], "seq_len": cfg.seq_len,
