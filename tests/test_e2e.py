@@ -69,7 +69,8 @@ def test_served_top_k_equals_scoring_the_history_directly(workload, tmp_path: Pa
     reads, bank = collect_reads(workload), candidate_bank(workload, cfg.candidates, seed=cfg.seed)
     run, result, reqs = run_arm(workload, "memory", "din", cfg, reads, bank, str(tmp_path / "store"))
     check_stages(result.stages_ns)
-    assert run["valid"] and run["measured_requests"] == len(reqs) - reqs.measured_from > 0
+    # every request answered (whether the latency grew depends on the machine's load: not asserted)
+    assert result.completed and run["measured_requests"] == len(reqs) - reqs.measured_from > 0
 
     # The same history straight from a reference store, the same candidates, the same weights.
     ref = MemoryStore(str(tmp_path / "ref"), workload.schema, max_len=cfg.seq_len)

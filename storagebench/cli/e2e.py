@@ -35,8 +35,8 @@ def _arm(value: str) -> tuple[str, str]:
 @click.option("--seq-len", type=click.IntRange(min=1), default=1000, show_default=True,
               help="L: newest events fetched per request and read by the model (the paper's L).")
 @click.option("--candidates", type=click.IntRange(min=1), default=100, show_default=True,
-              help="C: candidates scored per request (the workload's range is 100-500; 100 keeps LASER's "
-                   "CPU forward inside the default budget on one core).")
+              help="C: candidates scored per request (the workload's range is 100-500). LASER's cost grows "
+                   "with C (its attention is target-aware); at 100 its CPU forward is ~60 ms p50 on one core.")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Requests/s of the measured open-loop run (Poisson arrivals, the trace's users). 2: LASER's "
