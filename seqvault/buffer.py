@@ -1,16 +1,16 @@
 """The in-memory update buffer: appended events waiting for the next sequence-level merge.
 
-Appends only add a batch to a pending list (cheap: no sorting on the write path). The first
-read after them (:meth:`UpdateBuffer.view`) turns the pending batches into one *run*: rows
-sorted by user, stably, so each user's rows stay in arrival order. The buffer is a short list
-of runs, oldest first, and a read finds a user's rows in each with a binary search instead of
-scanning every appended batch. After adding a run, the newest two are merged while the older
-is at most ``_MERGE_RATIO`` times the newer (a binary counter in base ``_MERGE_RATIO``), so run
-sizes grow geometrically towards the oldest: O(log(events)) runs (<= 8 for 250k events arriving
-as 5-event appends with a read after each) and each event re-sorted O(log(events)) times in all.
+Appends add a batch to a short *pending* list. Background maintenance folds the pending batches
+into one *run* (rows sorted by user, stably, so each user's rows stay in arrival order), as does
+an append that finds ``fold_events`` events or ``fold_batches`` batches pending; then the newest two
+runs while the older is at most ``_MERGE_RATIO`` times the newer (a binary counter in base
+``_MERGE_RATIO``): run sizes grow geometrically towards the oldest, O(log(events)) runs, each
+event re-sorted O(log(events)) times in all. A read binary-searches each run and scans the few
+pending batches; it never sorts, so a read's latency does not carry the occasional merge of two
+large runs (that cost lands on the folding thread, outside the lock readers take).
 
-Every change builds new arrays instead of mutating old ones, and a view holds a tuple of
-immutable runs, so a reader holding a view never sees a half-done update.
+Every change builds new arrays instead of mutating old ones, and a view holds tuples of
+immutable runs and batches, so a reader holding a view never sees a half-done update.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ from seqvault.seqmerge import _ranges
 # Merge the newest two runs while older.events <= _MERGE_RATIO * newer.events. Higher means fewer
 # runs to search per read and more re-sorting per event; 4 keeps reads at <= ~8 binary searches.
 _MERGE_RATIO = 4
+# Background maintenance (``SeqVault.maintain``) folds pending appends into a run every few tens
+# of ms. Without it an append folds them itself past these sizes, which bounds what a read scans
+# (a few hundred µs) while most appends stay a list push.
+FOLD_EVENTS = 1 << 18
+FOLD_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class BufferView:
 
     runs: tuple[_Run, ...]
     empty: dict[str, np.ndarray]  # the schema's columns with no rows (what an empty buffer yields)
+    pending: tuple[_Batch, ...] = ()  # appended after the runs, not yet folded, in arrival order
 
     def rows_for(self, users: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Buffered rows of the given *unique, ascending* users: (index into ``users`` per row, columns).
@@ -75,6 +81,8 @@ class BufferView:
         """
         if len(users) == 1:
             return self._rows_for_one(users[0])
+        if len(users) == 0:
+            return np.empty(0, np.int64), {}
         parts_idx: list[np.ndarray] = []
         parts_rows: list[dict[str, np.ndarray]] = []
         for run in self.runs:
@@ -86,6 +94,12 @@ class BufferView:
                 rows = _ranges(lo[which], counts)
                 parts_idx.append(np.repeat(which, counts))
                 parts_rows.append({k: v[rows] for k, v in run.columns.items()})
+        for batch in self.pending:  # newer than every run: visited last, so arrival order holds
+            pos = np.minimum(np.searchsorted(users, batch.uids), len(users) - 1)
+            rows = np.flatnonzero(users[pos] == batch.uids)
+            if len(rows):
+                parts_idx.append(pos[rows])
+                parts_rows.append({k: v[rows] for k, v in batch.columns.items()})
         if not parts_idx:
             return np.empty(0, np.int64), {}
         idx = np.concatenate(parts_idx).astype(np.int64, copy=False)
@@ -105,23 +119,26 @@ class BufferView:
             hi = run.row_users.searchsorted(user, "right")
             if hi > lo:
                 hits.append({k: v[lo:hi] for k, v in run.columns.items()})
+        for batch in self.pending:
+            rows = np.flatnonzero(batch.uids == user)
+            if len(rows):
+                hits.append({k: v[rows] for k, v in batch.columns.items()})
         if not hits:
             return np.empty(0, np.int64), {}
         cols = hits[0] if len(hits) == 1 else {k: np.concatenate([h[k] for h in hits]) for k in hits[0]}
         return np.zeros(len(next(iter(cols.values()))), np.int64), cols
 
     def users(self) -> np.ndarray:
-        if not self.runs:
-            return np.empty(0, np.uint64)
-        return np.unique(np.concatenate([r.row_users for r in self.runs]))
+        keys = [r.row_users for r in self.runs] + [b.uids for b in self.pending]
+        return np.unique(np.concatenate(keys)) if keys else np.empty(0, np.uint64)
 
     @property
     def events(self) -> int:
-        return sum(r.events for r in self.runs)
+        return sum(r.events for r in self.runs) + sum(len(b.uids) for b in self.pending)
 
     def all_rows(self) -> _Sorted:
         """Everything, grouped by user in arrival order (what a merge consumes)."""
-        return _grouped(_merge_runs(self.runs), self.empty)
+        return _grouped(_merge_runs(_all_runs(self.runs, self.pending)), self.empty)
 
 
 def _run_of(uids: np.ndarray, columns: dict[str, np.ndarray]) -> _Run:
@@ -136,6 +153,19 @@ def _run_of_batches(batches: list[_Batch]) -> _Run:
         return _run_of(batches[0].uids, batches[0].columns)
     return _run_of(np.concatenate([b.uids for b in batches]),
                    {k: np.concatenate([b.columns[k] for b in batches]) for k in batches[0].columns})
+
+
+def _all_runs(runs: tuple[_Run, ...], pending: tuple[_Batch, ...] | list[_Batch]) -> list[_Run]:
+    return [*runs, _run_of_batches(list(pending))] if pending else list(runs)
+
+
+def _push_run(runs: tuple[_Run, ...], run: _Run) -> tuple[_Run, ...]:
+    """``runs`` with ``run`` added as the newest, merging the newest two while sizes are close."""
+    out = [*runs, run]
+    while len(out) >= 2 and out[-2].events <= _MERGE_RATIO * out[-1].events:
+        newer = out.pop()
+        out[-1] = _merge_runs((out[-1], newer))
+    return tuple(out)
 
 
 def _merge_runs(runs: tuple[_Run, ...] | list[_Run]) -> _Run | None:
@@ -172,11 +202,15 @@ def _fold(base: _Sorted, tail: list[_Batch]) -> _Sorted:
 class UpdateBuffer:
     """Events appended since the last merge, per user, columnar."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, *, fold_events: int = FOLD_EVENTS, fold_batches: int = FOLD_BATCHES) -> None:
         self.schema = schema
-        self._lock = threading.Lock()
+        self.fold_events = fold_events
+        self.fold_batches = fold_batches
+        self._lock = threading.Lock()       # held only to read or swap the tuples below
+        self._fold_lock = threading.Lock()  # one folder at a time (appends are serialised anyway)
         self._runs: tuple[_Run, ...] = ()
-        self._pending: list[_Batch] = []  # appended since the last view, in arrival order
+        self._pending: tuple[_Batch, ...] = ()  # appended after the runs, in arrival order
+        self._pending_events = 0
         self._empty = schema.empty_columns()
         self._events = 0
         self._nbytes = 0
@@ -186,28 +220,40 @@ class UpdateBuffer:
         if len(uids) == 0:
             return
         with self._lock:
-            self._pending.append(_Batch(uids, columns))
+            self._pending = (*self._pending, _Batch(uids, columns))
+            self._pending_events += len(uids)
             self._events += len(uids)
             self._nbytes += uids.nbytes + sum(c.nbytes for c in columns.values())
             if self.first_append_time is None:
                 self.first_append_time = time.monotonic()
+            full = self._pending_events >= self.fold_events or len(self._pending) >= self.fold_batches
+        if full:
+            self.fold_pending()
+
+    def fold_pending(self) -> bool:
+        """Sort the pending appends into a run (merging runs of close sizes); True if there were any."""
+        # Sort and merge outside ``_lock``: readers keep taking views of the old runs meanwhile.
+        with self._fold_lock:
+            with self._lock:
+                runs, pending = self._runs, self._pending
+            if not pending:
+                return False
+            new_runs = _push_run(runs, _run_of_batches(list(pending)))
+            with self._lock:
+                self._runs = new_runs
+                self._pending = self._pending[len(pending):]  # keep batches added meanwhile
+                self._pending_events -= sum(len(b.uids) for b in pending)
+            return True
 
     def view(self) -> BufferView:
         with self._lock:
-            if self._pending:
-                runs = [*self._runs, _run_of_batches(self._pending)]
-                while len(runs) >= 2 and runs[-2].events <= _MERGE_RATIO * runs[-1].events:
-                    newer = runs.pop()
-                    runs[-1] = _merge_runs((runs[-1], newer))
-                self._runs, self._pending = tuple(runs), []
-            return BufferView(self._runs, self._empty)
+            return BufferView(self._runs, self._empty, self._pending)
 
     def remove_users(self, users: np.ndarray) -> int:
         """Drop every buffered event of these users (a delete); returns how many were dropped."""
-        with self._lock:
-            runs = [*self._runs, _run_of_batches(self._pending)] if self._pending else list(self._runs)
-            run = _merge_runs(runs)
-            self._pending = []
+        with self._fold_lock, self._lock:
+            run = _merge_runs(_all_runs(self._runs, self._pending))
+            self._pending, self._pending_events = (), 0
             if run is None:
                 return 0
             keep = ~np.isin(run.row_users, users)

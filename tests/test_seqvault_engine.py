@@ -99,11 +99,12 @@ def test_buffer_rows_for_matches_reference(batches: list[list[int]], probe: list
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 40)), min_size=1, max_size=60),
        st.lists(st.integers(0, 12), unique=True, max_size=6), st.integers(0, 2**32 - 1))
 def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: list[int], seed: int) -> None:
-    """Mixed single-user and many-user appends, read at random points, build runs of many sizes
-    (so merges at several levels); every read, the merge's view and deletes must equal a plain
-    list of appended rows. A view taken earlier must not change when later reads merge runs."""
+    """Mixed single-user and many-user appends, folded at random small thresholds, build runs of
+    many sizes (so merges at several levels) next to unfolded pending batches; every read, the
+    merge's view and deletes must equal a plain list of appended rows. A view taken earlier must
+    not change when later appends fold and merge runs."""
     rng = np.random.default_rng(seed)
-    buf = UpdateBuffer(SCHEMA)
+    buf = UpdateBuffer(SCHEMA, fold_events=int(rng.integers(1, 60)), fold_batches=int(rng.integers(1, 8)))
     everything: list[tuple[int, int]] = []  # (user, arrival)
     early = None
     for i, (one_user, n) in enumerate(batches):
@@ -112,7 +113,7 @@ def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: lis
         buf.add(users.astype(np.uint64), cols(arrival))
         everything += list(zip(users.tolist(), arrival, strict=True))
         if rng.random() < 0.6:
-            buf.view()  # a read: turns the pending appends into a run
+            buf.view()  # a read in between: must not disturb the buffer
         if i == len(batches) // 2:
             early, early_rows = buf.view(), list(everything)
     view = buf.view()

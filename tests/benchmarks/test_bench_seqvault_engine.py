@@ -76,19 +76,16 @@ def test_bench_get_many_256_users(benchmark: object, read_store: SeqVault) -> No
 
 @pytest.fixture(scope="module")
 def buffered_store(tmp_path_factory: pytest.TempPathFactory) -> SeqVault:
-    """512 users on disk plus a replay-like update buffer: many small single-user appends (1 + ~4
-    events, as the workload's live sessions send), some already folded by earlier reads, ~1000 not."""
+    """512 users on disk plus a replay-like update buffer: 21k small single-user appends (1 + ~4
+    events, as the workload's live sessions send), folded into sorted runs every 20 appends as
+    background maintenance does (the storage node calls it every 50 ms), the last 10 not yet."""
     sv = full_store(tmp_path_factory.mktemp("svbench") / "buffered", n_users=512)
     rng = np.random.default_rng(6)
-
-    def small_appends(n: int) -> None:
-        for u in rng.integers(0, 512, n):
-            uids = np.full(1 + rng.poisson(4), u, np.uint64)
-            sv.append(uids, events(rng, uids))
-
-    small_appends(20_000)
-    sv.get(0)  # a read between appends: lets the buffer reorganise what it holds so far
-    small_appends(1_000)
+    for i, u in enumerate(rng.integers(0, 512, 21_000)):
+        uids = np.full(1 + rng.poisson(4), u, np.uint64)
+        sv.append(uids, events(rng, uids))
+        if i % 20 == 9:
+            sv.active.fold_pending()  # the fold step of SeqVault.maintain, without its merge policy
     sv.append([17] * 3, events(rng, np.full(3, 17, np.uint64)))
     yield sv
     sv.close()
