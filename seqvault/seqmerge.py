@@ -80,7 +80,8 @@ def overlay_buffered(
     counts = np.diff(base_offsets)
     starts = base_offsets[:-1]
     t_counts = counts[touched]
-    sub_base = {k: v[_ranges(starts[touched], t_counts)] for k, v in base.items()}
+    sub_rows = _ranges(starts[touched], t_counts)
+    sub_base = {k: v[sub_rows] for k, v in base.items()}
     local = np.concatenate([np.repeat(np.arange(len(touched), dtype=np.int64), t_counts),
                             np.searchsorted(touched, extra_groups)])
     merged_offsets, merged = newest_per_group(
