@@ -27,12 +27,12 @@ from typing import Any
 
 # kind -> the command that produces it, quoted in the page when a section has nothing to show
 PRODUCED_BY: dict[str, str] = {
-    "table1": "storagebench table1 -o results/table1   (or: tox -e bench)",
-    "run": "storagebench run ... -o DIR",
-    "e2e": "storagebench e2e ... -o DIR",
-    "flops": "storagebench flops -o DIR",
-    "paper_tables": "storagebench paper-tables -o DIR",
-    "serve_bench": "storagebench serve-bench -o DIR",
+    "table1": "storagebench table1 --out results/table1   (or: tox -e bench)",
+    "run": "storagebench run ... --out DIR",
+    "e2e": "storagebench e2e ... --out DIR",
+    "flops": "storagebench flops --out DIR",
+    "paper_tables": "storagebench paper-tables --out DIR",
+    "serve_bench": "storagebench serve-bench --out DIR",
 }
 KNOWN_KINDS = tuple(PRODUCED_BY)
 

@@ -83,3 +83,20 @@ def test_reports_reads_result_files_only() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+
+
+def test_the_commands_quoted_for_missing_results_exist_with_their_options() -> None:
+    """The page tells a reader which command produces a missing section: it must be a real one."""
+    from click.testing import CliRunner
+
+    from reports.loader import PRODUCED_BY
+    from storagebench.cli import main
+
+    runner = CliRunner()
+    for kind, hint in PRODUCED_BY.items():
+        words = hint.split("(")[0].split()  # "(or: tox -e bench)" is an aside, not an option
+        assert words[0] == "storagebench", (kind, hint)
+        out = runner.invoke(main, [words[1], "--help"])
+        assert out.exit_code == 0, (kind, out.output)
+        for option in (w for w in words[2:] if w.startswith("-")):
+            assert option in out.output, (kind, option)
