@@ -184,12 +184,22 @@ def _e2e_section(results: ResultSet) -> dict[str, Any]:
                      for k in ("raw", "zstd", "zstd_dict") if k in wire]
         rows.append({"label": label, "source": source, "stages": stages, "stage_rows": stage_rows,
                      "wire_rows": wire_rows, "budget_ms": b, "note": run.get("note"),
-                     "facts": {k: run.get(k) for k in ("store", "model", "device", "seq_len", "candidates",
-                                                       "top_k", "rate_per_s", "max_rate_within_budget_per_s",
-                                                       "batching") if k in run}})
+                     "facts": _e2e_facts(run, b)})
     chart = charts.e2e_breakdown(rows, budget, "chart-e2e") if rows else None
     return {"runs": rows, "chart": chart, "budget_ms": budget,
             "missing": None if rows else _missing("e2e", "end-to-end result (e2e.json)")}
+
+
+def _e2e_facts(run: dict[str, Any], budget_ms: float | None) -> dict[str, Any]:
+    facts = {k: run.get(k) for k in ("store", "model", "device", "seq_len", "candidates", "top_k", "rate_per_s",
+                                     "max_rate_within_budget_per_s") if k in run}
+    if "max_rate_within_budget_per_s" in facts and facts["max_rate_within_budget_per_s"] is None:
+        facts["max_rate_within_budget_per_s"] = f"none: no searched rate kept total p99 within {fmt_num(budget_ms)} ms"
+    batching = run.get("batching")
+    if isinstance(batching, dict):
+        facts["batching"] = (f"up to {batching.get('max_batch')} requests, waiting at most "
+                             f"{fmt_num(batching.get('max_wait_ms'))} ms")
+    return facts
 
 
 def _scalar_table(title: str, rows: list[Any]) -> dict[str, Any] | None:
