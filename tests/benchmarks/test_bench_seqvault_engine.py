@@ -61,19 +61,6 @@ def _rate(benchmark: object, amount: float, unit: str) -> None:
         benchmark.extra_info[unit] = round(amount / stats.stats.median)
 
 
-def test_bench_get_1000_events(benchmark: object, read_store: SeqVault) -> None:
-    cols = benchmark(read_store.get, 17)
-    assert len(cols["ts"]) == 1000 and np.all(np.diff(cols["ts"]) >= 0)
-
-
-def test_bench_get_many_256_users(benchmark: object, read_store: SeqVault) -> None:
-    users = np.random.default_rng(1).choice(512, 256, replace=False).astype(np.uint64)
-    offsets, cols = benchmark(read_store.get_many, users)
-    assert offsets[-1] == 256 * 1000
-    np.testing.assert_array_equal(cols["item_id"][offsets[3]:offsets[4]], read_store.get(int(users[3]))["item_id"])
-    _rate(benchmark, 256 * 1000, "events_per_s")
-
-
 @pytest.fixture(scope="module")
 def buffered_store(tmp_path_factory: pytest.TempPathFactory) -> SeqVault:
     """512 users on disk plus a replay-like update buffer: 21k small single-user appends (1 + ~4
@@ -91,17 +78,25 @@ def buffered_store(tmp_path_factory: pytest.TempPathFactory) -> SeqVault:
     sv.close()
 
 
-def test_bench_get_buffered(benchmark: object, buffered_store: SeqVault) -> None:
-    """get of a user whose newest events sit in the update buffer (read merges disk + buffer)."""
-    cols = benchmark(buffered_store.get, 17)
+# read_store: every event on disk; buffered_store: the newest events in the update buffer too
+# (a read merges disk + buffer).
+STORES = ["read_store", "buffered_store"]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_bench_get_1000_events(benchmark: object, store: str, request: pytest.FixtureRequest) -> None:
+    sv = request.getfixturevalue(store)
+    cols = benchmark(sv.get, 17)
     assert len(cols["ts"]) == 1000 and np.all(np.diff(cols["ts"]) >= 0)
 
 
-def test_bench_get_many_256_buffered(benchmark: object, buffered_store: SeqVault) -> None:
+@pytest.mark.parametrize("store", STORES)
+def test_bench_get_many_256_users(benchmark: object, store: str, request: pytest.FixtureRequest) -> None:
+    sv = request.getfixturevalue(store)
     users = np.random.default_rng(1).choice(512, 256, replace=False).astype(np.uint64)
-    offsets, cols = benchmark(buffered_store.get_many, users)
+    offsets, cols = benchmark(sv.get_many, users)
     assert offsets[-1] == 256 * 1000
-    np.testing.assert_array_equal(cols["ts"][offsets[3]:offsets[4]], buffered_store.get(int(users[3]))["ts"])
+    np.testing.assert_array_equal(cols["ts"][offsets[3]:offsets[4]], sv.get(int(users[3]))["ts"])
     _rate(benchmark, 256 * 1000, "events_per_s")
 
 
