@@ -210,7 +210,6 @@ class UpdateBuffer:
         self._fold_lock = threading.Lock()  # one folder at a time (appends are serialised anyway)
         self._runs: tuple[_Run, ...] = ()
         self._pending: tuple[_Batch, ...] = ()  # appended after the runs, in arrival order
-        self._pending_events = 0
         self._empty = schema.empty_columns()
         self._events = 0
         self._nbytes = 0
@@ -221,12 +220,12 @@ class UpdateBuffer:
             return
         with self._lock:
             self._pending = (*self._pending, _Batch(uids, columns))
-            self._pending_events += len(uids)
             self._events += len(uids)
             self._nbytes += uids.nbytes + sum(c.nbytes for c in columns.values())
             if self.first_append_time is None:
                 self.first_append_time = time.monotonic()
-            full = self._pending_events >= self.fold_events or len(self._pending) >= self.fold_batches
+            full = (len(self._pending) >= self.fold_batches
+                    or sum(len(b.uids) for b in self._pending) >= self.fold_events)  # at most fold_batches to sum
         if full:
             self.fold_pending()
 
@@ -242,7 +241,6 @@ class UpdateBuffer:
             with self._lock:
                 self._runs = new_runs
                 self._pending = self._pending[len(pending):]  # keep batches added meanwhile
-                self._pending_events -= sum(len(b.uids) for b in pending)
             return True
 
     def view(self) -> BufferView:
@@ -253,7 +251,7 @@ class UpdateBuffer:
         """Drop every buffered event of these users (a delete); returns how many were dropped."""
         with self._fold_lock, self._lock:
             run = _merge_runs(_all_runs(self._runs, self._pending))
-            self._pending, self._pending_events = (), 0
+            self._pending = ()
             if run is None:
                 return 0
             keep = ~np.isin(run.row_users, users)
