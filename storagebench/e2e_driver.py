@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from storagebench.measure import latency_summary, new_histogram
+from storagebench.measure import histogram_of, latency_summary
 from storagebench.node import FETCH, NodeClient
 from storagebench.ranker_stage import RankerStage
 
@@ -61,13 +61,8 @@ class DriveResult:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{stage: {p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms, count}} from HdrHistograms."""
-        out = {}
-        for stage, values in self.stages_ns.items():
-            hist = new_histogram()
-            for v in np.maximum(values // 1000, 1):
-                hist.record_value(int(v))
-            out[stage] = latency_summary(hist)
-        return out
+        return {stage: latency_summary(histogram_of(np.maximum(values // 1000, 1)))
+                for stage, values in self.stages_ns.items()}
 
 
 def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int, max_batch: int = 1,

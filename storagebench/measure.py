@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 import psutil
 from hdrh.histogram import HdrHistogram
 
@@ -26,6 +27,14 @@ PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p99_ms": 99.0, "p999_ms": 99.9}
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(HIST_MIN_US, HIST_MAX_US, HIST_DIGITS)
+
+
+def histogram_of(values_us: np.ndarray) -> HdrHistogram:
+    """A histogram holding ``values_us`` (microseconds, each >= 1)."""
+    hist = new_histogram()
+    for v in values_us:
+        hist.record_value(int(v))
+    return hist
 
 
 def latency_summary(hist: HdrHistogram) -> dict[str, float]:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from hdrh.log import HistogramLogWriter
 
-from storagebench.measure import CpuSampler, ProcessSnapshot, latency_summary, new_histogram
+from storagebench.measure import CpuSampler, ProcessSnapshot, histogram_of, latency_summary
 from storagebench.node import APPEND, READ, NodeClient
 
 OP_NAMES = (APPEND, READ)
@@ -150,23 +150,14 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     per_op: dict[str, Any] = {}
     for k, name in enumerate(OP_NAMES):
         sel = ok & (kinds[m0:] == k)
-        lat_h, svc_h = new_histogram(), new_histogram()
-        for v in lat_us[sel]:
-            lat_h.record_value(int(v))
-        for v in svc_us[sel]:
-            svc_h.record_value(int(v))
-        send_h = new_histogram()
-        for v in from_send_us[sel]:
-            send_h.record_value(int(v))
-        per_op[name] = {"latency": latency_summary(lat_h), "service": latency_summary(svc_h),
-                        "from_send": latency_summary(send_h), "count": int(np.count_nonzero(kinds[m0:] == k))}
+        per_op[name] = {"latency": latency_summary(histogram_of(lat_us[sel])),
+                        "service": latency_summary(histogram_of(svc_us[sel])),
+                        "from_send": latency_summary(histogram_of(from_send_us[sel])),
+                        "count": int(np.count_nonzero(kinds[m0:] == k))}
         if hist_log_dir:
             for metric, values in (("latency", lat_us), ("service", svc_us)):
                 write_interval_log(os.path.join(hist_log_dir, f"{log_prefix}{name}.{metric}.hlog"),
                                     values[sel], done[m0:][sel], intended[m0], tag=f"{log_prefix}{name}.{metric}")
-    all_h = new_histogram()
-    for v in lat_us[ok]:
-        all_h.record_value(int(v))
 
     measured = n - m0
     window_s = schedule.window_s or 1e-9
@@ -185,7 +176,7 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     read_sel = kinds[m0:] == OP_NAMES.index(READ)
     return {
         "ops": per_op,
-        "all_ops_latency": latency_summary(all_h),
+        "all_ops_latency": latency_summary(histogram_of(lat_us[ok])),
         "measured_ops": measured,
         "warmup_ops": m0,
         "window_s": window_s,
@@ -225,8 +216,6 @@ def write_interval_log(path: str, values_us: np.ndarray, done_ns: np.ndarray, ba
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(start))} UTC]\n")
         writer.output_legend()
         for s in np.unique(sec):
-            h = new_histogram()
+            h = histogram_of(values_us[sec == s])
             h.set_tag(tag.replace(" ", "_"))
-            for v in values_us[sec == s]:
-                h.record_value(int(v))
             writer.output_interval_histogram(h, float(s), float(s + 1), max_value_unit_ratio=1000.0)
