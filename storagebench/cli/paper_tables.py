@@ -190,9 +190,9 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
               help="Reuse finished runs from OUT/paper_tables.json made with the same settings.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def paper_tables(workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-                 negatives: int, negatives_from: str, item_buckets: int | None, seed: int, device: str, batch_size: int, lr: float, d: int,
-                 threads: int | None, seq_len: int, epochs: int, repeats: int, tables: str, out: str, resume: bool,
-                 no_progress: bool) -> None:
+                 negatives: int, negatives_from: str, item_buckets: int | None, seed: int, device: str,
+                 batch_size: int, lr: float, d: int, threads: int | None, seq_len: int, epochs: int, repeats: int,
+                 tables: str, out: str, resume: bool, no_progress: bool) -> None:
     """Reproduce the shape of the paper's Table 2 (Base, DIN, TWIN, HSTU, Transformer, LASER: AUC, gain
     over Base, FLOPs), Table 3 (LASER ablations) and Table 4 (segment size w = 5, 10, 20) on a workload.
 
@@ -249,8 +249,8 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
             continue
         click.echo(f"[{i}/{len(plan)}] {key} {overrides or ''}", err=True)
         # Repeats vary only the model's initialisation and batch order (seed + k); the task is fixed.
-        reps = [train_one(model, splits, {"d": d, **items, **overrides}, epochs=epochs, batch_size=batch_size, lr=lr,
-                          device=device, seed=seed + k, progress=not no_progress) for k in range(repeats)]
+        reps = [train_one(model, splits, {"d": d, **items, **overrides}, epochs=epochs, batch_size=batch_size,
+                          lr=lr, device=device, seed=seed + k, progress=not no_progress) for k in range(repeats)]
         runs[key] = run = combine_repeats(reps, n_pos, n_neg)
         click.echo(f"    test AUC {run['test']['auc']:.4f} ± {run['test']['auc_se']:.4f} (SE)"
                    + (f", seed std {run['test']['auc_seed_std']:.4f}" if repeats > 1 else "")
