@@ -27,6 +27,7 @@ from storagebench.node import FETCH, NodeClient
 from storagebench.ranker_stage import RankerStage
 from storagebench.replay import write_interval_log
 from storagebench.results import write_json
+from workloads import OP_READ
 
 DEFAULT_PAIR: tuple[tuple[str, str], ...] = (("rocksdb_lastn", "transformer"), ("seqvault", "laser"))
 SEARCH_MIN_REQUESTS = 15
@@ -81,7 +82,7 @@ def collect_reads(wl: WorkloadLike, max_reads: int = 30_000) -> tuple[np.ndarray
     users, times = [], []
     got = 0
     for chunk in wl.iter_live(chunk_ops=50_000):
-        sel = chunk.op_kind == 1  # workloads.OP_READ
+        sel = chunk.op_kind == OP_READ
         users.append(chunk.op_user[sel])
         times.append(chunk.op_time_ms[sel].astype(np.int64))
         got += int(sel.sum())

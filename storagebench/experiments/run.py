@@ -18,6 +18,7 @@ from seqvault.schema import Schema
 from storagebench.measure import ProcessSnapshot, cores_for_target, o_direct_supported
 from storagebench.node import GET, NodeClient
 from storagebench.replay import OP_NAMES, Schedule, intended_offsets_ns, replay
+from workloads import OP_APPEND, OP_READ
 
 DEFAULT_TARGET_QPS = 1_000_000.0   # production load the CPU-cores column is sized for (workload's mix)
 DEFAULT_TARGET_UTILISATION = 0.5  # headroom an operator keeps for failover and peaks
@@ -105,7 +106,7 @@ def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
     offsets = intended_offsets_ns(np.concatenate(times), speed=speed)
     kinds_l, args, appended, off_l, users_seen = [], [], [], [], []
     i = 0
-    from_kind = {0: OP_NAMES.index("append"), 1: OP_NAMES.index("read")}  # workloads' OP_APPEND=0, OP_READ=1
+    from_kind = {OP_APPEND: OP_NAMES.index("append"), OP_READ: OP_NAMES.index("read")}
     for chunk in chunks:
         uids, cols = chunk.events
         for j in range(len(chunk.op_time_ms)):
