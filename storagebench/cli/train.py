@@ -174,10 +174,10 @@ def train(model_name: str, workload: str | None, scale: str, max_users: int | No
     """
     check_device(device)
     set_threads(threads)
+    overrides = {"d": d, **item_bucket_overrides(item_buckets, workload), **parse_overrides(sets)}
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed,
                         negatives_from=negatives_from)
-    overrides = {"d": d, **item_bucket_overrides(item_buckets, workload), **parse_overrides(sets)}
     t0 = time.perf_counter()
     run = train_one(model_name, splits, overrides, epochs=epochs, batch_size=batch_size, lr=lr,
                     device=device, seed=seed, progress=not no_progress)
