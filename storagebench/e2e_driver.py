@@ -126,6 +126,24 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
 
     worker = threading.Thread(target=ranker_loop, daemon=True, name="e2e-ranker")
     worker.start()
+    with client.background_receiver():  # the ranker thread needs the GIL: no busy-polling here
+        dispatched, aborted, intended, start_ns = _dispatch(client, reqs, finished, ts, on_reply, last_n, fmt,
+                                                            codec, abort_after_s, progress, lead_ms)
+        deadline = time.monotonic() + drain_timeout_s
+        while not finished[:dispatched].all() and time.monotonic() < deadline and not failures:
+            time.sleep(0.002)
+    ready.put(None)
+    worker.join(timeout=drain_timeout_s)
+    if failures:
+        raise RuntimeError(f"{len(failures)} e2e requests failed; the first:\n{failures[0]}")
+    return _result(reqs, ts, intended, start_ns, dispatched, aborted, topk, payloads)
+
+
+def _dispatch(client: NodeClient, reqs: Requests, finished: np.ndarray, ts: dict[str, np.ndarray],
+              on_reply: Callable, last_n: int, fmt: str, codec: str, abort_after_s: float | None,
+              progress: Callable[[int], None] | None, lead_ms: float) -> tuple[int, bool, np.ndarray, int]:
+    """Send each request at its intended time; returns (dispatched, aborted, intended, start_ns)."""
+    n = len(reqs)
     start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
     intended = reqs.offsets_ns + start_ns
     oldest, aborted, dispatched = 0, False, 0
@@ -143,14 +161,12 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
         dispatched = i + 1
         if progress is not None:
             progress(i + 1)
-    deadline = time.monotonic() + drain_timeout_s
-    while not finished[:dispatched].all() and time.monotonic() < deadline and not failures:
-        time.sleep(0.002)
-    ready.put(None)
-    worker.join(timeout=drain_timeout_s)
-    if failures:
-        raise RuntimeError(f"{len(failures)} e2e requests failed; the first:\n{failures[0]}")
+    return dispatched, aborted, intended, start_ns
 
+
+def _result(reqs: Requests, ts: dict[str, np.ndarray], intended: np.ndarray, start_ns: int, dispatched: int,
+            aborted: bool, topk: np.ndarray, payloads: list[Any]) -> DriveResult:
+    n = len(reqs)
     m0 = reqs.measured_from
     ok = np.flatnonzero(ts["done"][m0:dispatched] > 0) + m0
     stages = {

@@ -88,13 +88,16 @@ class ProcessSnapshot:
 
 @dataclass
 class CpuSampler:
-    """Samples CPU usage of the node (and of the load generator) once per ``interval_s`` in a thread.
+    """Samples CPU usage of the node (and of the load generator) once per ``interval_s`` in a thread,
+    and the bytes under ``disk_dir`` if given.
 
-    ``series`` rows are ``[t_s, node_cpu_pct, generator_cpu_pct]`` where 100 % is one core.
+    ``series`` rows are ``[t_s, node_cpu_pct, generator_cpu_pct]`` (+ ``disk_bytes``) where 100 % is
+    one core.
     """
 
     node_pid: int
     interval_s: float = 1.0
+    disk_dir: str | None = None
     series: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -115,14 +118,40 @@ class CpuSampler:
             except psutil.Error:
                 return
             dt = max(t - last_t, 1e-9)
-            self.series.append([round(t - self._t0, 3), round(100 * (n - last_node) / dt, 2),
-                                round(100 * (g - last_gen) / dt, 2)])
+            row = [round(t - self._t0, 3), round(100 * (n - last_node) / dt, 2), round(100 * (g - last_gen) / dt, 2)]
+            if self.disk_dir is not None:
+                row.append(dir_bytes(self.disk_dir))
+            self.series.append(row)
             last_t, last_node, last_gen = t, n, g
 
     def stop(self) -> list[list[float]]:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.series
+
+
+def dir_bytes(path: str) -> int:
+    """Bytes of every file under ``path`` (files deleted while walking are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def time_weighted_mean(series: list[list[float]]) -> float | None:
+    """Mean of ``[[t, value], ...]`` weighted by time (trapezoids); None for no samples."""
+    if not series:
+        return None
+    if len(series) == 1:
+        return float(series[0][1])
+    t = np.array([r[0] for r in series], dtype=np.float64)
+    v = np.array([r[1] for r in series], dtype=np.float64)
+    span = t[-1] - t[0]
+    return float(np.trapezoid(v, t) / span) if span > 0 else float(v.mean())
 
 
 def _cpu(p: psutil.Process) -> float:

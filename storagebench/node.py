@@ -1,19 +1,23 @@
-"""The storage node: one process per store under test, serving requests sent over a pipe.
+"""The storage node: one process per store under test, serving the binary protocol of
+:mod:`storagebench.protocol` on a Unix socket (or TCP on 127.0.0.1).
 
-The same transport serves every store (a ``multiprocessing`` connection carrying pickled
-requests), so its cost is equal for all of them. Inside the node a receiver thread queues requests
-for a small pool of worker threads (the engines release the GIL in their kernels and I/O), and a
-maintenance thread calls ``store.maintain()`` so SeqVault's merge runs in the background the way
-RocksDB's compaction threads do. Appends are applied in arrival order by one writer thread, as
-an ingestion consumer of a user-partitioned log would (and so equal-time events keep one order in
-every store); reads go to the worker pool. Each reply carries the node's own start/end timestamps of the
-store call (``time.monotonic_ns``, a clock shared by all processes on Linux), which gives service
-time separately from queueing and transport.
+One event loop per process. Reads (and the e2e ranker's ``fetch``) run inline in the loop thread:
+no per-request hand-off to a worker pool, so a read costs one wake-up, one store call and one
+send. Appends go, in arrival order, to one writer thread, as an ingestion consumer of a
+user-partitioned log would apply them (equal-time events keep one order in every store), so a
+long write batch never sits in front of a read. A maintenance thread calls ``store.maintain()``
+so SeqVault's merge runs in the background the way RocksDB's compaction threads do. Every reply
+carries the node's own start/end timestamps of the store call (``time.monotonic_ns``), which
+gives service time separately from queueing and transport.
 
-Reads in the measured stream reply with a count and byte size instead of the sequences: the store
-does all of its work (lookup, I/O, decode into columns) but the harness does not pay to ship
-megabytes back; the cross-check uses ``get`` which returns the data, and the e2e ranker ``fetch``,
-which returns one user's events as a wire payload (:mod:`storagebench.wire`).
+Measured reads reply with a count and byte size instead of the sequences: the store does all of
+its work (lookup, I/O, decode into columns) but the harness does not pay to ship megabytes back;
+a read flagged ``full`` (the in-window correctness sample), ``get`` (the cross-check) and ``fetch``
+return data.
+
+The node's lifetime is tied to a pipe to its parent: the parent learns the listening address on
+it and closes it to stop the node (the store is then closed cleanly). Nothing on the socket can
+stop the node, so a hostile peer can at worst lose its own connection.
 """
 
 from __future__ import annotations
@@ -21,29 +25,244 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import select
+import selectors
+import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
-from seqvault.schema import Schema
+import numpy as np
 
-# op codes of the request tuples (req_id, op, args)
-APPEND, READ, GET = "append", "read", "get"
-FETCH = "fetch"  # one user's events encoded for the wire (storagebench.wire), for the e2e ranker
-_STOP = object()
+from seqvault.schema import Schema
+from storagebench import protocol as p
+
+# op names of NodeClient.submit / call
+APPEND, READ, GET, FETCH = "append", "read", "get", "fetch"
 GIL_SWITCH_INTERVAL_S = 0.0005
+BACKGROUND_REQ_ID = (1 << 64) - 1   # unsolicited error frame: background maintenance failed
+SOCKET_BUFFER_BYTES = 4 << 20
+
+Callback = Callable[[str, int, int, Any, int], None]
 
 
 class NodeError(RuntimeError):
-    """The storage node failed a request or died; the message carries its traceback."""
+    """The storage node failed a request or died; the message carries its error."""
 
 
-def _serve(conn: Any, store_name: str, path: str, schema_json: str, options: dict[str, Any],
-           workers: int, cpus: list[int] | None, maintain_interval_s: float) -> None:
+# -- the node process --------------------------------------------------------------------------
+
+class _Connection:
+    """One client connection: its socket, receive buffer and a lock that orders replies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.send_lock = threading.Lock()
+        self.open = True
+
+    def send(self, op: int, req_id: int, status: int, t0: int, t1: int, body: list[bytes] | bytes = b"") -> None:
+        parts = body if isinstance(body, list) else [body]
+        payload = b"".join([p.TIMES.pack(t0, t1), *parts])
+        data = p.HEADER.pack(p.PROTOCOL_VERSION, op | p.REPLY, status, req_id, len(payload)) + payload
+        with self.send_lock:
+            if not self.open:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                self.open = False
+
+
+class _Node:
+    def __init__(self, store: Any, schema: Schema, max_payload: int, maintain_interval_s: float) -> None:
+        self.store, self.schema, self.max_payload = store, schema, max_payload
+        self.store_lock = threading.Lock() if not store.thread_safe else None
+        self.appends: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.connections: list[_Connection] = []
+        self.maintain_interval_s = maintain_interval_s
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.store_lock is None:
+            yield
+        else:
+            with self.store_lock:
+                yield
+
+    # -- request handling -----------------------------------------------------------------
+    def handle(self, conn: _Connection, op: int, flags: int, req_id: int, payload: memoryview) -> None:
+        t0 = time.monotonic_ns()
+        try:
+            if op == p.APPEND:
+                uids, cols = p.decode_batch(self.schema, payload)
+                self.appends.put((conn, req_id, uids, cols))
+                return
+            body = self._call(op, flags, payload)
+            status = p.STATUS_OK
+        except p.ProtocolError as e:
+            body, status = f"bad request: {e}".encode(), p.STATUS_ERROR
+        except Exception as e:
+            body, status = f"{type(e).__name__}: {e}\n{traceback.format_exc()}".encode(), p.STATUS_ERROR
+        conn.send(op, req_id, status, t0, time.monotonic_ns(), body)
+
+    def _call(self, op: int, flags: int, payload: memoryview) -> list[bytes] | bytes:
+        store = self.store
+        if op in (p.READ, p.GET):
+            uids, last_n = p.decode_read(payload)
+            with self._locked():
+                offsets, cols = store.get_many(uids, last_n)
+            if op == p.GET:
+                return p.encode_csr(self.schema, offsets, cols)
+            counts = p.encode_counts(int(offsets[-1]), int(sum(c.nbytes for c in cols.values())))
+            return [counts, *p.encode_csr(self.schema, offsets, cols)] if flags & p.FLAG_FULL else counts
+        if op == p.FETCH:
+            from storagebench import wire  # only the e2e ranker uses it
+
+            uid, last_n, fmt, codec = p.decode_fetch(payload)
+            if fmt >= len(wire.FORMATS) or codec >= len(wire.CODECS):
+                raise p.ProtocolError(f"fetch format {fmt} / codec {codec} out of range")
+            with self._locked():
+                data, events, enc_ns = wire.node_fetch(store, np.array([uid], dtype=np.uint64), last_n,
+                                                       wire.FORMATS[fmt], wire.CODECS[codec])
+            return [p.encode_counts(events, enc_ns), data]
+        if op == p.BULK_LOAD:
+            uids, cols = p.decode_batch(self.schema, payload)
+            with self._locked():
+                store.bulk_load(uids, cols)
+            return b""
+        if op == p.WIRE_DICT:
+            from storagebench import wire
+
+            if len(payload) < 4:
+                raise p.ProtocolError("a wire_dict payload needs a 4-byte zstd level")
+            (level,) = p._U32.unpack_from(payload, 0)
+            wire.set_node_dictionary(bytes(payload[4:]) or None, level)
+            return b""
+        if op == p.CONTROL:
+            request = p.decode_json(payload)
+            name = request.get("op") if isinstance(request, dict) else None
+            if name not in p.CONTROL_OPS:
+                raise p.ProtocolError(f"unknown control op {name!r}; one of {', '.join(p.CONTROL_OPS)}")
+            with self._locked():
+                result = store.compact() if name == "compact" else getattr(store, name)()
+            return p.encode_json(result)
+        raise p.ProtocolError(f"unknown op code {op}")
+
+    def on_readable(self, conn: _Connection) -> None:
+        try:
+            data = conn.sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(conn)
+            return
+        conn.buf += data
+        buf, pos = conn.buf, 0
+        while len(buf) - pos >= p.HEADER.size:
+            try:
+                op, flags, req_id, length = p.parse_header(buf, self.max_payload, pos)
+            except p.ProtocolError as e:
+                # The stream cannot be re-synchronised: say why, then close.
+                conn.send(p.HELLO, 0, p.STATUS_ERROR, 0, 0, f"closing connection: {e}".encode())
+                self.drop(conn)
+                return
+            end = pos + p.HEADER.size + length
+            if len(buf) < end:
+                break
+            self.handle(conn, op, flags, req_id, memoryview(buf[pos + p.HEADER.size:end]))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def drop(self, conn: _Connection) -> None:
+        with conn.send_lock:
+            conn.open = False
+        if conn in self.connections:
+            self.connections.remove(conn)
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.sock.close()
+
+    # -- threads ------------------------------------------------------------------------------
+    def writer(self) -> None:
+        while True:
+            item = self.appends.get()
+            if item is None:
+                return
+            conn, req_id, uids, cols = item
+            t0 = time.monotonic_ns()
+            try:
+                with self._locked():
+                    self.store.append(uids, cols)
+                body, status = b"", p.STATUS_OK
+            except Exception as e:
+                body, status = f"{type(e).__name__}: {e}\n{traceback.format_exc()}".encode(), p.STATUS_ERROR
+            conn.send(p.APPEND, req_id, status, t0, time.monotonic_ns(), body)
+
+    def maintainer(self) -> None:
+        while not self.stopping.wait(self.maintain_interval_s):
+            try:
+                with self._locked():
+                    self.store.maintain()
+            except Exception:
+                msg = f"background maintenance failed:\n{traceback.format_exc()}".encode()
+                for conn in list(self.connections):
+                    conn.send(p.CONTROL, BACKGROUND_REQ_ID, p.STATUS_ERROR, 0, 0, msg)
+                return
+
+    def serve(self, listener: socket.socket, parent: Any) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ, "accept")
+        self.selector.register(parent.fileno(), selectors.EVENT_READ, "parent")
+        threads = [threading.Thread(target=self.writer, daemon=True, name="node-writer"),
+                   threading.Thread(target=self.maintainer, daemon=True, name="node-maintain")]
+        for t in threads:
+            t.start()
+        hello = p.encode_json(self.store.config())
+        try:
+            while True:
+                for key, _ in self.selector.select():
+                    if key.data == "parent":
+                        return  # the parent closed its end (or died): stop
+                    if key.data == "accept":
+                        sock, _ = listener.accept()
+                        _tune(sock)
+                        conn = _Connection(sock)
+                        self.connections.append(conn)
+                        self.selector.register(sock, selectors.EVENT_READ, conn)
+                        conn.send(p.HELLO, 0, p.STATUS_OK, 0, 0, hello)
+                    else:
+                        self.on_readable(key.data)
+        finally:
+            self.stopping.set()
+            self.appends.put(None)
+            for t in threads:
+                t.join(timeout=120)
+            self.store.close()
+
+
+def _tune(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _serve(parent: Any, address: str, store_name: str, path: str, schema_json: str, options: dict[str, Any],
+           cpus: list[int] | None, maintain_interval_s: float, max_payload: int) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
     # A short GIL switch interval keeps a long CPU-bound write (a RocksDB read-modify-write batch)
@@ -51,168 +270,286 @@ def _serve(conn: Any, store_name: str, path: str, schema_json: str, options: dic
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     from storagebench.stores import open_store  # imported in the child: spawn starts clean
 
+    schema = Schema.from_json(schema_json)
     try:
-        store = open_store(store_name, path, Schema.from_json(schema_json), **options)
-    except Exception:
-        conn.send((-1, "error", 0, 0, traceback.format_exc()))
+        store = open_store(store_name, path, schema, **options)
+        listener = _listen(address)
+    except Exception as e:
+        parent.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
         return
-    conn.send((-1, "ok", 0, 0, store.config()))
-    send_lock = threading.Lock()
-    store_lock = threading.Lock() if not store.thread_safe else None
-    work: queue.Queue = queue.Queue()
-    appends: queue.Queue = queue.Queue()
-    stopping = threading.Event()
-
-    def reply(msg: tuple) -> None:
-        with send_lock:
-            conn.send(msg)
-
-    def run_store_op(req_id: int, op: str, args: tuple) -> None:
-        t0 = time.monotonic_ns()
-        try:
-            if store_lock is not None:
-                with store_lock:
-                    payload = _call(store, op, args)
-            else:
-                payload = _call(store, op, args)
-            status = "ok"
-        except Exception:
-            payload, status = traceback.format_exc(), "error"
-        reply((req_id, status, t0, time.monotonic_ns(), payload))
-
-    def worker(source: queue.Queue) -> None:
-        while True:
-            item = source.get()
-            if item is _STOP:
-                return
-            run_store_op(*item)
-
-    def maintainer() -> None:
-        while not stopping.wait(maintain_interval_s):
-            try:
-                if store_lock is not None:
-                    with store_lock:
-                        store.maintain()
-                else:
-                    store.maintain()
-            except Exception:
-                reply((-2, "error", 0, 0, traceback.format_exc()))
-                return
-
-    threads = [threading.Thread(target=worker, args=(work,), daemon=True, name=f"node-reader-{i}")
-               for i in range(workers)]
-    threads.append(threading.Thread(target=worker, args=(appends,), daemon=True, name="node-writer"))
-    threads.append(threading.Thread(target=maintainer, daemon=True, name="node-maintain"))
-    for t in threads:
-        t.start()
-    try:
-        while True:
-            req_id, op, args = conn.recv()
-            if op == APPEND:
-                appends.put((req_id, op, args))
-            elif op in (READ, GET, FETCH):
-                work.put((req_id, op, args))
-            elif op == "close":
-                break
-            else:  # control ops run inline; the client issues them only when nothing is in flight
-                run_store_op(req_id, op, args)
-    except EOFError:
-        pass
-    finally:
-        stopping.set()
-        for _ in range(workers):
-            work.put(_STOP)
-        appends.put(_STOP)
-        for t in threads:
-            t.join(timeout=60)
-        store.close()
+    parent.send(("ready", _address_of(listener)))
+    _Node(store, schema, max_payload, maintain_interval_s).serve(listener, parent)
 
 
-def _call(store: Any, op: str, args: tuple) -> Any:
-    if op == APPEND:
-        store.append(*args)
-        return None
-    if op == READ:
-        offsets, cols = store.get_many(*args)
-        return int(offsets[-1]), int(sum(c.nbytes for c in cols.values()))
-    if op == GET:
-        return store.get_many(*args)
-    if op in (FETCH, "wire_dict"):
-        from storagebench import wire  # only the e2e ranker uses it
+def _listen(address: str) -> socket.socket:
+    kind, _, where = address.partition(":")
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(where)
+    elif kind == "tcp":
+        host, _, port = where.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    else:
+        raise ValueError(f"node address {address!r}: use 'unix:PATH' or 'tcp:HOST:PORT'")
+    sock.listen(16)
+    return sock
 
-        return wire.node_fetch(store, *args) if op == FETCH else wire.set_node_dictionary(*args)
-    if op == "bulk_load":
-        store.bulk_load(*args)
-        return None
-    if op in ("finish_load", "flush", "maintain", "disk_bytes", "stats", "config"):
-        return getattr(store, op)()
-    raise NodeError(f"unknown request {op!r}")
 
+def _address_of(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{sock.getsockname()}"
+    host, port = sock.getsockname()[:2]
+    return f"tcp:{host}:{port}"
+
+
+def connect(address: str, timeout_s: float = 10.0) -> socket.socket:
+    """A connected socket to a node at ``unix:PATH`` or ``tcp:HOST:PORT``."""
+    kind, _, where = address.partition(":")
+    if kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = where
+    else:
+        host, _, port = where.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, int(port))
+    sock.settimeout(timeout_s)
+    sock.connect(target)
+    sock.settimeout(None)
+    _tune(sock)
+    return sock
+
+
+# -- the client ----------------------------------------------------------------------------------
 
 class NodeClient:
-    """Starts a storage node and talks to it; replies are handled by a receiver thread."""
+    """Starts a storage node and talks to it over the binary protocol.
+
+    Replies are processed by whoever calls :meth:`poll` (the open-loop generator busy-polls it
+    between dispatches, so no thread hand-off sits in a measured latency), or by a receiver thread
+    inside :meth:`background_receiver` (the e2e driver, whose ranker thread needs the GIL).
+    """
 
     def __init__(self, store_name: str, path: str, schema: Schema, options: dict[str, Any] | None = None,
-                 *, workers: int = 2, cpus: list[int] | None = None, maintain_interval_s: float = 0.05,
-                 start_timeout_s: float = 120.0) -> None:
+                 *, cpus: list[int] | None = None, maintain_interval_s: float = 0.05,
+                 start_timeout_s: float = 120.0, transport: str = "unix",
+                 max_payload: int = p.DEFAULT_MAX_PAYLOAD) -> None:
+        if transport == "unix":
+            self._sock_dir = tempfile.mkdtemp(prefix="sbnode-")
+            address = f"unix:{os.path.join(self._sock_dir, 'node.sock')}"
+        elif transport == "tcp":
+            self._sock_dir, address = None, "tcp:127.0.0.1:0"
+        else:
+            raise ValueError(f"transport must be 'unix' or 'tcp', got {transport!r}")
+        self.schema = schema
         ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe(duplex=True)
+        self._pipe, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=_serve, name=f"storage-node-{store_name}", daemon=True,
-            args=(child, store_name, path, schema.to_json(), dict(options or {}), workers, cpus,
-                  maintain_interval_s))
+            args=(child, address, store_name, path, schema.to_json(), dict(options or {}), cpus,
+                  maintain_interval_s, max_payload))
         self.process.start()
         child.close()
-        if not self._conn.poll(start_timeout_s):
+        if not self._pipe.poll(start_timeout_s):
             self.process.kill()
             raise NodeError(f"storage node for {store_name!r} did not start within {start_timeout_s} s")
         try:
-            _, status, _, _, payload = self._conn.recv()
+            status, detail = self._pipe.recv()
         except EOFError:
             self.process.join(timeout=10)
             raise NodeError(f"storage node for {store_name!r} exited while starting "
                             f"(exit code {self.process.exitcode}); see its stderr above") from None
-        if status != "ok":
+        if status != "ok" and status != "ready":
             self.process.join(timeout=10)
-            raise NodeError(f"storage node could not open store {store_name!r} at {path}:\n{payload}")
-        self.store_config: dict[str, Any] = payload
+            raise NodeError(f"storage node could not open store {store_name!r} at {path}:\n{detail}")
+        self.address: str = detail
         self.pid: int = self.process.pid
+        self._sock = connect(self.address)
+        self._buf = bytearray()
         self._next_id = 0
-        self._pending: dict[int, Callable[[str, int, int, Any, int], None]] = {}
-        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[int, Callback]] = {}
+        self._lock = threading.Lock()       # pending map and id counter
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()  # one thread parses replies at a time
+        self._receiver: threading.Thread | None = None
+        self._receiver_stop = threading.Event()
         self.background_error: str | None = None
+        self.dead: str | None = None
         self._closed = False
-        self._receiver = threading.Thread(target=self._receive, daemon=True, name="node-client-recv")
-        self._receiver.start()
+        self.store_config: dict[str, Any] = self._hello(start_timeout_s)
 
-    def _receive(self) -> None:
-        while True:
-            try:
-                req_id, status, t0, t1, payload = self._conn.recv()
-            except (EOFError, OSError):
-                break
-            done = time.monotonic_ns()
-            if req_id == -2:
-                self.background_error = payload
-                continue
-            with self._lock:
-                callback = self._pending.pop(req_id, None)
-            if callback is not None:
-                callback(status, t0, t1, payload, done)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for callback in pending.values():
-            callback("error", 0, 0, "storage node connection closed", time.monotonic_ns())
+    def _hello(self, timeout_s: float) -> dict[str, Any]:
+        fut: Future = Future()
+        self._pending[0] = (p.HELLO, lambda status, t0, t1, payload, done: (
+            fut.set_result(payload) if status == "ok" else fut.set_exception(NodeError(str(payload)))))
+        self._next_id = 1
+        deadline = time.monotonic() + timeout_s
+        while not fut.done() and time.monotonic() < deadline:
+            self.poll(0.1)
+        if not fut.done():
+            raise NodeError(f"storage node at {self.address} sent no greeting within {timeout_s} s")
+        return fut.result()
 
-    def submit(self, op: str, args: tuple, callback: Callable[[str, int, int, Any, int], None]) -> None:
-        """Send a request; ``callback(status, t_start, t_end, payload, t_received)`` runs on reply."""
+    # -- sending ----------------------------------------------------------------------------
+    def submit(self, op: str, args: tuple, callback: Callback, *, full: bool = False) -> None:
+        """Send a request; ``callback(status, t_start, t_end, payload, t_received)`` runs on reply.
+
+        Ops and their arguments: ``append (user_ids, columns)``, ``read (user_ids, last_n)`` (reply
+        ``(events, bytes)``, plus ``(offsets, columns)`` if ``full``), ``get (user_ids, last_n)``
+        (reply ``(offsets, columns)``), ``fetch (user_ids, last_n, format, codec)`` (reply
+        ``(payload, events, encode_ns)``), ``bulk_load (user_ids, columns)``, ``wire_dict (bytes,
+        level)`` and the control ops of :data:`storagebench.protocol.CONTROL_OPS` (no arguments).
+        """
+        code, payload = self._encode(op, args)
         with self._lock:
             req_id = self._next_id
             self._next_id += 1
-            self._pending[req_id] = callback
-        self._conn.send((req_id, op, args))
+            self._pending[req_id] = (code, callback)
+        self._send(p.frame(code, req_id, payload, p.FLAG_FULL if full else 0))
 
-    def call(self, op: str, *args: Any, timeout_s: float | None = None) -> Any:
+    def _encode(self, op: str, args: tuple) -> tuple[int, bytes]:
+        if op == APPEND:
+            return p.APPEND, p.encode_batch(self.schema, *args)
+        if op == "bulk_load":
+            return p.BULK_LOAD, p.encode_batch(self.schema, *args)
+        if op in (READ, GET):
+            uids, last_n = args
+            return (p.READ if op == READ else p.GET), p.encode_read(uids, last_n)
+        if op == FETCH:
+            from storagebench import wire
+
+            uids, last_n, fmt, codec = args
+            return p.FETCH, p.encode_fetch(int(np.asarray(uids).reshape(-1)[0]), last_n,
+                                           wire.FORMATS.index(fmt), wire.CODECS.index(codec))
+        if op == "wire_dict":
+            data, level = args
+            return p.WIRE_DICT, p._U32.pack(int(level)) + (data or b"")
+        if op in p.CONTROL_OPS:
+            return p.CONTROL, p.encode_json({"op": op})
+        raise NodeError(f"unknown request {op!r}")
+
+    def _send(self, data: bytes) -> None:
+        if self.dead:
+            raise NodeError(self.dead)
+        view = memoryview(data)
+        with self._send_lock:
+            while view:
+                try:
+                    sent = self._sock.send(view, socket.MSG_DONTWAIT)
+                    view = view[sent:]
+                except BlockingIOError:
+                    # The node is not reading: take its replies off the socket meanwhile (it may be
+                    # blocked sending them), then wait until the socket takes more.
+                    if self._receiver is None:
+                        self.poll(0.0)
+                    select.select([], [self._sock], [], 0.01)
+                except OSError as e:
+                    self._fail_all(f"storage node connection lost while sending: {e}")
+                    raise NodeError(self.dead) from None
+
+    # -- receiving ----------------------------------------------------------------------------
+    def poll(self, timeout_s: float | None = 0.0) -> int:
+        """Process every reply that has arrived, waiting up to ``timeout_s`` for the first; returns
+        how many callbacks ran. ``timeout_s=0`` never blocks (the generator's busy-poll)."""
+        if not self._recv_lock.acquire(blocking=False):
+            return 0
+        try:
+            if self.dead:
+                return 0
+            try:
+                if timeout_s == 0.0:
+                    data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                else:
+                    ready, _, _ = select.select([self._sock], [], [], timeout_s)
+                    if not ready:
+                        return 0
+                    data = self._sock.recv(1 << 20)
+            except BlockingIOError:
+                return 0
+            except OSError as e:
+                self._fail_all(f"storage node connection lost: {e}")
+                return 0
+            if not data:
+                self._fail_all(f"storage node closed the connection (process alive: {self.process.is_alive()}, "
+                               f"exit code {self.process.exitcode})")
+                return 0
+            received = time.monotonic_ns()
+            self._buf += data
+            return self._dispatch(received)
+        finally:
+            self._recv_lock.release()
+
+    def _dispatch(self, received: int) -> int:
+        buf, pos, ran = self._buf, 0, 0
+        while len(buf) - pos >= p.HEADER.size:
+            _version, op, status, req_id, length = p.HEADER.unpack_from(buf, pos)
+            end = pos + p.HEADER.size + length
+            if len(buf) < end:
+                break
+            payload = memoryview(buf[pos + p.HEADER.size:end])  # a copy: buf shrinks below
+            t0, t1 = p.TIMES.unpack_from(payload, 0) if length >= p.TIMES.size else (0, 0)
+            body = payload[p.TIMES.size:]
+            pos = end
+            if req_id == BACKGROUND_REQ_ID:
+                self.background_error = bytes(body).decode(errors="replace")
+                continue
+            with self._lock:
+                entry = self._pending.pop(req_id, None)
+            if entry is None:
+                if op == p.HELLO | p.REPLY and status == p.STATUS_ERROR:  # the node closes on a bad frame
+                    self.background_error = bytes(body).decode(errors="replace")
+                continue
+            code, callback = entry
+            if status != p.STATUS_OK:
+                callback("error", t0, t1, bytes(body).decode(errors="replace"), received)
+            else:
+                callback("ok", t0, t1, self._decode(code, body), received)
+            ran += 1
+        del buf[:pos]
+        return ran
+
+    def _decode(self, code: int, body: memoryview) -> Any:
+        if code == p.READ:
+            events, nbytes = p.decode_counts(body)
+            if len(body) > 16:
+                return events, nbytes, p.decode_csr(self.schema, body, 16)
+            return events, nbytes
+        if code == p.GET:
+            return p.decode_csr(self.schema, body)
+        if code == p.FETCH:
+            events, enc_ns = p.decode_counts(body)
+            return bytes(body[16:]), events, enc_ns
+        if code in (p.CONTROL, p.HELLO):
+            return p.decode_json(body)
+        return None
+
+    def _fail_all(self, why: str) -> None:
+        self.dead = why
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for _, callback in pending.values():
+            callback("error", 0, 0, why, time.monotonic_ns())
+
+    @contextmanager
+    def background_receiver(self) -> Iterator[None]:
+        """Process replies in a thread while the block runs (callbacks then run in that thread)."""
+        self._receiver_stop.clear()
+
+        def loop() -> None:
+            while not self._receiver_stop.is_set() and not self.dead:
+                self.poll(0.05)
+
+        self._receiver = threading.Thread(target=loop, daemon=True, name="node-client-recv")
+        self._receiver.start()
+        try:
+            yield
+        finally:
+            self._receiver_stop.set()
+            self._receiver.join(timeout=5)
+            self._receiver = None
+
+    def call(self, op: str, *args: Any, timeout_s: float | None = None, full: bool = False) -> Any:
         """Send a request and wait for its result, raising :class:`NodeError` on failure."""
         fut: Future = Future()
 
@@ -222,8 +559,20 @@ class NodeClient:
             else:
                 fut.set_exception(NodeError(f"storage node failed {op!r}:\n{payload}"))
 
-        self.submit(op, args, done)
-        return fut.result(timeout=timeout_s)
+        self.submit(op, args, done, full=full)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not fut.done():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"storage node did not answer {op!r} within {timeout_s} s")
+            if self._receiver is None:
+                self.poll(0.1)
+            else:
+                time.sleep(0.001)
+            if not fut.done() and not self.process.is_alive():
+                self.poll(0.0)
+                if not fut.done():
+                    self._fail_all(f"storage node died (exit code {self.process.exitcode}) during {op!r}")
+        return fut.result()
 
     def in_flight(self) -> int:
         with self._lock:
@@ -234,14 +583,20 @@ class NodeClient:
             return
         self._closed = True
         try:
-            self._conn.send((-1, "close", ()))
-        except (OSError, BrokenPipeError):
+            self._sock.close()
+        except OSError:
             pass
+        self._pipe.close()  # the node's cue to close its store and exit
         self.process.join(timeout=timeout_s)
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=10)
-        self._conn.close()
+        if self._sock_dir:
+            try:
+                os.unlink(os.path.join(self._sock_dir, "node.sock"))
+            except FileNotFoundError:
+                pass
+            os.rmdir(self._sock_dir)
 
     def __enter__(self) -> NodeClient:
         return self

@@ -84,59 +84,94 @@ def intended_offsets_ns(op_time_ms: np.ndarray, *, rate: float | None = None,
 
 def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None = None, log_prefix: str = "",
            backlog_threshold_ms: float = 100.0, drain_timeout_s: float = 120.0,
-           progress: Callable[[int], None] | None = None, lead_ms: float = 20.0) -> dict[str, Any]:
-    """Dispatch ``schedule`` against the node in open loop and return the measured block."""
+           progress: Callable[[int], None] | None = None, lead_ms: float = 20.0,
+           check_share: float = 0.0, check_seed: int = 0, disk_dir: str | None = None,
+           status: Callable[[dict[str, Any]], None] | None = None, status_interval_s: float = 10.0,
+           min_achieved_ratio: float = 0.9) -> dict[str, Any]:
+    """Dispatch ``schedule`` against the node in open loop and return the measured block.
+
+    One thread does everything: it busy-polls the node's socket and the clock until each op's
+    intended start (sleeping would lag by the timer's slack, ~0.4-1 ms at p99), sends the op, and
+    takes replies off the socket as they come. ``check_share`` of the measured reads ask for their
+    data, which is kept (``checked_reads``) with how many appends had been acknowledged and sent
+    when the read was sent, for :func:`storagebench.correctness.check_reads`.
+    """
     n = len(schedule)
     m0 = schedule.measured_from
+    if m0 >= n:
+        raise ValueError("the schedule has no measured operations; lengthen the window or lower warm-up")
     sent = np.zeros(n, dtype=np.int64)
     done = np.zeros(n, dtype=np.int64)
     svc_start = np.zeros(n, dtype=np.int64)
     svc_end = np.zeros(n, dtype=np.int64)
     returned = np.zeros(n, dtype=np.int64)
     failed: list[str] = []
+    acked_appends = [0]
+    checked: list[dict[str, Any]] = []
+    kinds, offsets, args = schedule.kinds, schedule.offsets_ns, schedule.args
+    read_k, append_k = OP_NAMES.index(READ), OP_NAMES.index(APPEND)
+    full = np.zeros(n, dtype=bool)
+    if check_share > 0:
+        rng = np.random.default_rng(check_seed)
+        full[m0:] = (kinds[m0:] == read_k) & (rng.random(n - m0) < check_share)
 
     def on_reply(i: int, status: str, t0: int, t1: int, payload: Any, received: int) -> None:
         if status != "ok":
             failed.append(str(payload))
-        elif isinstance(payload, tuple):
+        elif kinds[i] == append_k:
+            acked_appends[0] += 1
+        else:
             returned[i] = payload[1]
+            if len(payload) > 2:
+                check_of[i]["result"] = payload[2]
         svc_start[i], svc_end[i], done[i] = t0, t1, received
 
-    kinds, offsets, args = schedule.kinds, schedule.offsets_ns, schedule.args
+    check_of: dict[int, dict[str, Any]] = {}
+    callbacks = [functools.partial(on_reply, i) for i in range(n)]
+    names = [OP_NAMES[k] for k in kinds]
     start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
     intended = offsets + start_ns
     snap_start: ProcessSnapshot | None = None
     sampler: CpuSampler | None = None
     gen_cpu0 = time.process_time()
     next_progress = 0
-    if m0 >= n:
-        raise ValueError("the schedule has no measured operations; lengthen the window or lower warm-up")
+    next_status = intended[m0] + int(status_interval_s * 1e9)
+    appends_sent = 0
+    poll, now = client.poll, time.monotonic_ns
     for i in range(n):
         if i == m0:
             # Window opens: snapshot at the intended start of its first op, not after a backlog drains.
-            while time.monotonic_ns() < intended[i]:
-                time.sleep(max(0.0, (intended[i] - time.monotonic_ns()) / 1e9))
+            while now() < intended[i]:
+                poll(0.0)
             snap_start = ProcessSnapshot.take(client.pid)
-            sampler = CpuSampler(client.pid).start()
-        delay = intended[i] - time.monotonic_ns()
-        if delay > 0:
-            time.sleep(delay / 1e9)
-        sent[i] = time.monotonic_ns()
-        client.submit(OP_NAMES[kinds[i]], args[i], functools.partial(on_reply, i))
+            sampler = CpuSampler(client.pid, disk_dir=disk_dir).start()
+        target = intended[i]
+        while now() < target:
+            poll(0.0)
+        if full[i]:
+            check_of[i] = {"op": i, "user": int(args[i][0][0]), "last_n": args[i][1],
+                           "appends_acked": acked_appends[0], "appends_sent": appends_sent, "result": None}
+            checked.append(check_of[i])
+        sent[i] = now()
+        client.submit(names[i], args[i], callbacks[i], full=bool(full[i]))
+        if kinds[i] == append_k:
+            appends_sent += 1
         if progress is not None and i >= next_progress:
             progress(i + 1)
             next_progress = i + 1000
-    dispatched_ns = time.monotonic_ns()
+        if status is not None and sent[i] >= next_status and (i + 1 == n or intended[i + 1] - now() > 2_000_000):
+            status(_status_line(sent[i], intended, done, kinds, m0, i + 1, status_interval_s, client.in_flight()))
+            next_status += int(status_interval_s * 1e9)
+    dispatched_ns = now()
     deadline = time.monotonic() + drain_timeout_s
     while client.in_flight() and time.monotonic() < deadline:
-        time.sleep(0.005)
+        poll(0.005)
     assert snap_start is not None and sampler is not None
     snap_end = ProcessSnapshot.take(client.pid)
-    cpu_series = sampler.stop()
+    series = sampler.stop()
     gen_cpu_s = time.process_time() - gen_cpu0
     if progress is not None:
         progress(n)
-    unanswered = int(np.count_nonzero(done[m0:] == 0))
     if failed:
         raise ReplayError(f"{len(failed)} operations failed in the store; the first:\n{failed[0]}")
 
@@ -147,33 +182,30 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     lag_us = (sent[m0:] - intended[m0:]) // 1000
     # From the actual send: not coordinated-omission safe, kept only to separate generator stalls.
     from_send_us = np.maximum((done[m0:] - sent[m0:]) // 1000, 1)
+    window_s = schedule.window_s or 1e-9
     per_op: dict[str, Any] = {}
+    by_op: dict[str, Any] = {}
     for k, name in enumerate(OP_NAMES):
-        sel = ok & (kinds[m0:] == k)
+        of_kind = kinds[m0:] == k
+        sel = ok & of_kind
         per_op[name] = {"latency": latency_summary(histogram_of(lat_us[sel])),
                         "service": latency_summary(histogram_of(svc_us[sel])),
                         "from_send": latency_summary(histogram_of(from_send_us[sel])),
-                        "count": int(np.count_nonzero(kinds[m0:] == k))}
+                        "count": int(np.count_nonzero(of_kind))}
+        by_op[name] = _backlog_of(lat_us, done[m0:], intended[m0:], of_kind, ok, window_s, intended[m0],
+                                  backlog_threshold_ms, min_achieved_ratio, name)
         if hist_log_dir:
             for metric, values in (("latency", lat_us), ("service", svc_us)):
                 write_interval_log(os.path.join(hist_log_dir, f"{log_prefix}{name}.{metric}.hlog"),
                                     values[sel], done[m0:][sel], intended[m0], tag=f"{log_prefix}{name}.{metric}")
 
     measured = n - m0
-    window_s = schedule.window_s or 1e-9
-    order = np.argsort(intended[m0:], kind="stable")
-    ordered = lat_us[order][ok[order]]
-    tenth = max(len(ordered) // 10, 1)
-    start_lat = float(np.median(ordered[:tenth])) / 1e3 if len(ordered) else 0.0
-    end_lat = float(np.median(ordered[-tenth:])) / 1e3 if len(ordered) else 0.0
-    grew = (end_lat - start_lat) > backlog_threshold_ms or unanswered > 0
-    # The mirror case: the window opened on a queue left by warm-up (JIT, a first merge or
-    # compaction) that drained inside it; the percentiles then mix a transient into steady state.
-    started_backlogged = (start_lat - end_lat) > backlog_threshold_ms
+    unanswered = int(np.count_nonzero(~ok))
     last_done = int(done[m0:][ok].max()) if ok.any() else dispatched_ns
-    elapsed_s = max((last_done - intended[m0]) / 1e9, 1e-9)
+    elapsed_s = max((last_done - intended[m0]) / 1e9, window_s, 1e-9)
     appended = int(schedule.appended_events[m0:].sum())
-    read_sel = kinds[m0:] == OP_NAMES.index(READ)
+    read_sel = kinds[m0:] == read_k
+    invalid = [r for b in by_op.values() for r in b["reasons"]]
     return {
         "ops": per_op,
         "all_ops_latency": latency_summary(histogram_of(lat_us[ok])),
@@ -183,23 +215,79 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
         "offered_ops_per_s": measured / window_s,
         "achieved_ops_per_s": int(ok.sum()) / elapsed_s,
         "backlog": {
-            "grew": bool(grew), "started_backlogged": bool(started_backlogged),
-            "threshold_ms": backlog_threshold_ms,
-            "latency_first_tenth_p50_ms": start_lat, "latency_last_tenth_p50_ms": end_lat,
+            "grew": any(b["grew"] or b["unanswered_ops"] for b in by_op.values()),
+            "started_backlogged": any(b["started_backlogged"] for b in by_op.values()),
+            "below_offered": any(b["below_offered"] for b in by_op.values()),
+            "threshold_ms": backlog_threshold_ms, "min_achieved_ratio": min_achieved_ratio,
+            "latency_first_tenth_p50_ms": by_op[READ]["latency_first_tenth_p50_ms"],
+            "latency_last_tenth_p50_ms": by_op[READ]["latency_last_tenth_p50_ms"],
             "unanswered_ops": unanswered, "drain_s": max(0.0, (last_done - dispatched_ns) / 1e9),
+            "by_op": by_op, "invalid_reasons": invalid,
         },
         "generator": {
             "dispatch_lag_p50_ms": float(np.percentile(lag_us, 50)) / 1e3,
             "dispatch_lag_p99_ms": float(np.percentile(lag_us, 99)) / 1e3,
             "dispatch_lag_max_ms": float(lag_us.max()) / 1e3,
-            "cpu_s": gen_cpu_s,
+            "cpu_s": gen_cpu_s, "mode": "busy-poll, one thread",
         },
         "node_window": window,
-        "cpu_series": cpu_series,
+        "cpu_series": [row[:3] for row in series],
+        "disk_series": [[row[0], row[3]] for row in series if len(row) > 3],
         "appended_events": appended,
         "read_ops": int(read_sel.sum()),
         "returned_bytes": int(returned[m0:][read_sel].sum()),
+        "checked_reads": checked,
     }
+
+
+def _backlog_of(lat_us: np.ndarray, done: np.ndarray, intended: np.ndarray, of_kind: np.ndarray, ok: np.ndarray,
+                window_s: float, window_start_ns: int, threshold_ms: float, min_ratio: float,
+                name: str) -> dict[str, Any]:
+    """Whether one op type kept up: its latency did not grow over the window (nor start on a queue
+    left by warm-up), every op was answered, and it achieved the rate it was offered."""
+    sel = of_kind & ok
+    order = np.argsort(intended[sel], kind="stable")
+    ordered = lat_us[sel][order]
+    tenth = max(len(ordered) // 10, 1)
+    start_lat = float(np.median(ordered[:tenth])) / 1e3 if len(ordered) else 0.0
+    end_lat = float(np.median(ordered[-tenth:])) / 1e3 if len(ordered) else 0.0
+    offered = int(of_kind.sum()) / window_s
+    last = int(done[sel].max()) if sel.any() else window_start_ns
+    achieved = int(sel.sum()) / max((last - window_start_ns) / 1e9, window_s)
+    unanswered = int(np.count_nonzero(of_kind & ~ok))
+    out = {"count": int(of_kind.sum()), "offered_ops_per_s": offered, "achieved_ops_per_s": achieved,
+           "latency_first_tenth_p50_ms": start_lat, "latency_last_tenth_p50_ms": end_lat,
+           "grew": (end_lat - start_lat) > threshold_ms,
+           # The mirror case: the window opened on a queue left by warm-up (JIT, a first merge or
+           # compaction) that drained inside it; the percentiles then mix a transient into steady state.
+           "started_backlogged": (start_lat - end_lat) > threshold_ms,
+           "unanswered_ops": unanswered, "below_offered": bool(offered and achieved < min_ratio * offered)}
+    reasons = []
+    if out["grew"]:
+        reasons.append(f"{name} backlog grew: p50 from intended start went from {start_lat:.1f} ms (first tenth "
+                       f"of the window) to {end_lat:.1f} ms (last tenth), more than {threshold_ms:g} ms")
+    if out["started_backlogged"]:
+        reasons.append(f"{name}s opened the window on a backlog left by warm-up ({start_lat:.1f} ms p50 in the "
+                       f"first tenth, {end_lat:.1f} ms in the last); lengthen --warmup-s")
+    if unanswered:
+        reasons.append(f"{unanswered} {name}s still unanswered after the drain timeout")
+    if out["below_offered"]:
+        reasons.append(f"{name}s achieved {achieved:.1f} of {offered:.1f} ops/s offered "
+                       f"(below {min_ratio:.0%}): the store does not sustain the offered rate")
+    out["reasons"] = reasons
+    return out
+
+
+def _status_line(t_ns: int, intended: np.ndarray, done: np.ndarray, kinds: np.ndarray, m0: int, upto: int,
+                 interval_s: float, in_flight: int) -> dict[str, Any]:
+    """Figures of the last interval for a YCSB-style status line (reads: p99 from intended start)."""
+    lo = t_ns - int(interval_s * 1e9)
+    recent = (done[:upto] >= lo) & (done[:upto] > 0)
+    read = recent & (kinds[:upto] == OP_NAMES.index(READ))
+    lat = (done[:upto][read] - intended[:upto][read]) / 1e6
+    return {"t_s": (t_ns - intended[m0]) / 1e9, "ops_per_s": int(recent.sum()) / interval_s,
+            "read_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None, "in_flight": in_flight,
+            "measuring": upto > m0}
 
 
 def write_interval_log(path: str, values_us: np.ndarray, done_ns: np.ndarray, base_ns: int, tag: str) -> None:

@@ -22,9 +22,8 @@ def read_schedule(n: int, rate: float, warmup: int) -> Schedule:
 
 @pytest.fixture(scope="module")
 def delayed_node(tmp_path_factory):
-    # One worker: capacity is exactly 1 / delay, about 200 ops/s.
-    with NodeClient("memory", str(tmp_path_factory.mktemp("mem")), SCHEMA, {"delay_ms": DELAY_MS},
-                    workers=1) as client:
+    # Reads run one at a time in the node loop: capacity is exactly 1 / delay, about 200 ops/s.
+    with NodeClient("memory", str(tmp_path_factory.mktemp("mem")), SCHEMA, {"delay_ms": DELAY_MS}) as client:
         yield client
 
 

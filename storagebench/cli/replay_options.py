@@ -33,8 +33,13 @@ def replay_options(default_out: str) -> Callable:
         click.option("--window-s", type=float, help="Measured window in seconds (default: per scale)."),
         click.option("--max-len", type=int, default=1000, show_default=True,
                      help="N: events each store keeps and each read returns per user."),
-        click.option("--compression", type=click.Choice(["lz4", "zstd", "none"]), default="lz4", show_default=True,
-                     help="RocksDB block compression."),
+        click.option("--rocksdb-profile", type=click.Choice(["tuned", "default"]), default="tuned", show_default=True,
+                     help="RocksDB options. tuned: LZ4 above, ZSTD at the bottommost level, filters only where "
+                          "a lookup can miss (chosen by a compression x blob x block-size sweep; see README). "
+                          "default: LZ4 on every level, as the first wave ran. Every option goes into the "
+                          "result file."),
+        click.option("--compression", type=click.Choice(["lz4", "zstd", "none"]), default=None,
+                     help="Override the profile: this RocksDB block compression on every level."),
         click.option("--target-qps", type=float, default=DEFAULT_TARGET_QPS, show_default=True,
                      help="Production load (ops/s, the workload's read/append mix) the CPU-cores column is "
                           "sized for."),
@@ -43,7 +48,16 @@ def replay_options(default_out: str) -> Callable:
         click.option("--node-cpus", default="auto", show_default=True,
                      help="CPUs the storage node is pinned to: 'auto' (all but CPU 0, which the load generator "
                           "gets), 'all' (no pinning) or a list like '1' or '2-3'."),
-        click.option("--workers", type=int, default=2, show_default=True, help="Storage-node worker threads."),
+        click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Measure every store N times, interleaved, rotating the order each round (A B C, "
+                          "B C A, C A B); figures are medians with [min, max]."),
+        click.option("--check-share", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+                     help="Share of in-window reads that return their data and are checked against the "
+                          "appends acknowledged before they were sent (read-your-writes)."),
+        click.option("--keep-awake/--no-keep-awake", default=True, show_default=True,
+                     help="Run a SCHED_IDLE busy loop on each node CPU (its own process, not counted in the "
+                          "store's CPU) so an idle vCPU does not halt between requests and add its wake-up "
+                          "to every latency. Only when the node is pinned (--node-cpus)."),
         click.option("--backlog-threshold-ms", type=float, default=100.0, show_default=True,
                      help="Flag the run if read latency grows by more than this over the window."),
         click.option("--keep-stores", is_flag=True, help="Keep the store directories under OUT/stores."),
@@ -94,19 +108,23 @@ def load_workload(workload_dir: str | None, scale: str, users: int | None, seed:
 
 
 def build_config(scale_defaults: dict[str, Any], *, io: str, speed: float | None, rate: float | None,
-                 warmup_s: float | None, window_s: float | None, max_len: int, compression: str,
-                 target_qps: float, target_utilisation: float, node_cpus: list[int] | None, workers: int,
-                 backlog_threshold_ms: float, seed: int, dram_budget_bytes: int = 64 << 20) -> RunConfig:
+                 warmup_s: float | None, window_s: float | None, max_len: int, compression: str | None,
+                 rocksdb_profile: str, target_qps: float, target_utilisation: float, node_cpus: list[int] | None,
+                 backlog_threshold_ms: float, seed: int, check_share: float, keep_awake: bool,
+                 dram_budget_bytes: int = 64 << 20) -> RunConfig:
     if speed is not None and rate is not None:
         raise click.UsageError("give --speed or --rate, not both")
-    rocks = {"compression": compression}
+    rocks: dict[str, Any] = {"profile": rocksdb_profile}
+    if compression is not None:
+        rocks["compression_all_levels"] = compression
     try:
         return RunConfig(
             io=io, max_len=max_len, rate=rate,
             speed=None if rate is not None else (speed or scale_defaults.get("speed", 1.0)),
             warmup_s=scale_defaults["warmup_s"] if warmup_s is None else warmup_s,
             window_s=scale_defaults["window_s"] if window_s is None else window_s,
-            workers=workers, node_cpus=node_cpus, dram_budget_bytes=dram_budget_bytes,
+            node_cpus=node_cpus, keep_awake=keep_awake, check_share=check_share,
+            crosscheck_users=scale_defaults.get("crosscheck_users", 200), dram_budget_bytes=dram_budget_bytes,
             store_options={"rocksdb_lastn": rocks, "rocksdb_packed": rocks},
             backlog_threshold_ms=backlog_threshold_ms, target_qps=target_qps,
             target_utilisation=target_utilisation, seed=seed)

@@ -57,7 +57,6 @@ class E2EConfig:
     io: str = "direct"
     dram_budget_bytes: int = 64 << 20
     node_cpus: list[int] | None = None
-    workers: int = 2
     wire_sample_users: int = 200  # users whose payloads measure wire bytes ...
     dict_train_users: int = 300   # ... and other users whose payloads train the dictionary
     seed: int = 0
@@ -160,7 +159,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
     opts, warnings = store_options(store, RunConfig(io=cfg.io, max_len=cfg.seq_len,
                                                     dram_budget_bytes=cfg.dram_budget_bytes), store_dir)
     fmt = wire.wire_format(store)
-    with NodeClient(store, store_dir, wl.schema, opts, workers=cfg.workers, cpus=cfg.node_cpus) as client:
+    with NodeClient(store, store_dir, wl.schema, opts, cpus=cfg.node_cpus) as client:
         load_backfill(client, wl, lambda done: report("load", done, None))
         report("wire", 0, None)
         wire_info, dictionary = measure_wire(client, wl, fmt, reads, cfg)

@@ -15,9 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from seqvault.schema import Schema
-from storagebench.measure import ProcessSnapshot, cores_for_target, o_direct_supported
+from storagebench.correctness import backfill_of, check_reads
+from storagebench.keepawake import KeepAwake
+from storagebench.measure import ProcessSnapshot, cores_for_target, o_direct_supported, time_weighted_mean
 from storagebench.node import GET, NodeClient
 from storagebench.replay import OP_NAMES, Schedule, intended_offsets_ns, replay
+from storagebench.stores import store_class
 from workloads import OP_APPEND, OP_READ
 
 DEFAULT_TARGET_QPS = 1_000_000.0   # production load the CPU-cores column is sized for (workload's mix)
@@ -51,14 +54,16 @@ class RunConfig:
     speed: float | None = 1.0            # ... the trace's own pace times this
     warmup_s: float = 10.0
     window_s: float = 60.0
-    workers: int = 2                     # node worker threads
     node_cpus: list[int] | None = None   # CPUs the node is pinned to (None: not pinned)
+    keep_awake: bool = True              # a SCHED_IDLE spinner on each node CPU (see storagebench.keepawake)
     dram_budget_bytes: int = 64 << 20    # SeqVault DRAM target; RocksDB block cache
     store_options: dict[str, Any] = field(default_factory=dict)
     backlog_threshold_ms: float = 100.0
+    min_achieved_ratio: float = 0.9      # an op type achieving less than this share of its offered rate is not valid
+    check_share: float = 0.01            # share of in-window reads whose data is checked (read-your-writes)
     target_qps: float = DEFAULT_TARGET_QPS
     target_utilisation: float = DEFAULT_TARGET_UTILISATION
-    crosscheck_users: int = 200
+    crosscheck_users: int | None = 200   # users compared across stores after the replay (None: every user)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,6 +73,8 @@ class RunConfig:
             raise ValueError("give exactly one of rate (ops/s) or speed (x the trace's pace)")
         if self.window_s <= 0 or self.warmup_s < 0:
             raise ValueError("window_s must be > 0 and warmup_s >= 0")
+        if not 0 <= self.check_share <= 1:
+            raise ValueError(f"check_share must be in [0, 1], got {self.check_share}")
 
 
 @dataclass
@@ -149,7 +156,8 @@ def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
 
     rng = np.random.default_rng(cfg.seed)
     pool = np.unique(np.concatenate(users_seen + backfill_users)) if users_seen or backfill_users else np.zeros(0)
-    pick = rng.choice(pool, size=min(cfg.crosscheck_users, len(pool)), replace=False) if len(pool) else pool
+    want = len(pool) if cfg.crosscheck_users is None else min(cfg.crosscheck_users, len(pool))
+    pick = rng.choice(pool, size=want, replace=False) if len(pool) else pool
     info = {
         "speed": speed, "ops": len(schedule), "warmup_ops": measured_from,
         "measured_ops": len(schedule) - measured_from,
@@ -186,16 +194,20 @@ def load_backfill(client: NodeClient, wl: WorkloadLike, progress: Callable[[int]
 
 
 def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_dir: str, cfg: RunConfig, *,
-              hist_log_dir: str | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], Any]:
-    """Measure one store. Returns (the per-store result block, its cross-check sample)."""
+              hist_log_dir: str | None = None, log_prefix: str | None = None,
+              progress: Callable[[str, int, int], None] | None = None,
+              status: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], Any]:
+    """Measure one store. Returns (the per-store result block, its cross-check sample; None for a
+    store whose reads are not what was stored)."""
     if os.path.exists(store_dir):
         shutil.rmtree(store_dir)
     os.makedirs(store_dir)
     opts, warnings = store_options(store, cfg, store_dir)
     report = progress or (lambda phase, done, total: None)
     schema = wl.schema
-    with NodeClient(store, store_dir, schema, opts, workers=cfg.workers, cpus=cfg.node_cpus) as client:
+    checks_data = store_class(store).returns_stored_data
+    keep_awake = KeepAwake(cfg.node_cpus if cfg.keep_awake else None)
+    with keep_awake, NodeClient(store, store_dir, schema, opts, cpus=cfg.node_cpus) as client:
         snap0 = ProcessSnapshot.take(client.pid)
         loaded = load_backfill(client, wl, lambda done: report("load", done, prepared.backfill_events))
         snap_loaded = ProcessSnapshot.take(client.pid)
@@ -206,23 +218,39 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         # Prime the read path (JIT compilation, file handles) so warm-up is spent warming, not compiling.
         client.call(GET, prepared.crosscheck_users[:16], None)
         n_ops = len(prepared.schedule)
-        replayed = replay(client, prepared.schedule, hist_log_dir=hist_log_dir, log_prefix=f"{store}.",
-                          backlog_threshold_ms=cfg.backlog_threshold_ms,
-                          progress=lambda done: report("replay", done, n_ops))
+        replayed = replay(client, prepared.schedule, hist_log_dir=hist_log_dir,
+                          log_prefix=f"{store}." if log_prefix is None else log_prefix,
+                          backlog_threshold_ms=cfg.backlog_threshold_ms, min_achieved_ratio=cfg.min_achieved_ratio,
+                          check_share=cfg.check_share if checks_data else 0.0, check_seed=cfg.seed,
+                          disk_dir=store_dir, status=status, progress=lambda done: report("replay", done, n_ops))
         if client.background_error:
             raise RuntimeError(f"{store}: background maintenance failed:\n{client.background_error}")
         client.call("flush")
         disk = client.call("disk_bytes")
         stats = client.call("stats")
-        sample = client.call(GET, prepared.crosscheck_users, None)
+        sample = get_all(client, prepared.crosscheck_users) if checks_data else None
+        compacted = client.call("compact")
         config = client.store_config
 
+    correctness = None
+    if checks_data:
+        appends = [a for a, k in zip(prepared.schedule.args, prepared.schedule.kinds, strict=True)
+                   if k == OP_NAMES.index("append")]
+        users = {c["user"] for c in replayed["checked_reads"]}
+        correctness = check_reads(replayed["checked_reads"], appends,
+                                  backfill_of(users, wl.iter_backfill(chunk_events=1_000_000), schema, cfg.max_len),
+                                  schema, cfg.max_len)
+        correctness["share"] = cfg.check_share
     window = replayed["node_window"]
     node_cores = len(cfg.node_cpus) if cfg.node_cpus else os.cpu_count() or 1
     measured = replayed["measured_ops"]
     cpu_s_per_op = window["cpu_s"] / max(measured, 1)
     read_latency = replayed["ops"]["read"]["latency"]
     logical_appended = replayed["appended_events"] * schema.row_bytes
+    disk_series = replayed["disk_series"]
+    disk_mean = time_weighted_mean(disk_series)
+    disk_steady = round(disk_mean) if disk_mean is not None else disk["total"]
+    reasons = list(replayed["backlog"]["invalid_reasons"])
     block = {
         "store": store,
         "config": config,
@@ -243,10 +271,17 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         "offered_ops_per_s": replayed["offered_ops_per_s"],
         "achieved_ops_per_s": replayed["achieved_ops_per_s"],
         "backlog": replayed["backlog"],
-        "valid": not (replayed["backlog"]["grew"] or replayed["backlog"]["started_backlogged"]),
+        "valid": not reasons,
+        "invalid_reasons": reasons,
         "generator": replayed["generator"],
+        "keep_awake": keep_awake.describe(),
+        "correctness": correctness,
         "disk": {"bytes": disk, "stored_events": prepared.stored_events,
-                 "bytes_per_event": _ratio(disk["total"], prepared.stored_events)},
+                 "bytes_per_event": _ratio(disk_steady, prepared.stored_events),
+                 "series": disk_series, "mean_bytes": disk_steady,
+                 "max_bytes": max([r[1] for r in disk_series] or [disk["total"]]),
+                 "final_bytes": disk["total"], "compacted_bytes": compacted["total"],
+                 "how": "sampled every second through the window; mean weighted by time"},
         "io": {
             "window": window["io"],
             "appended_events": replayed["appended_events"],
@@ -262,9 +297,22 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
     block.update({
         "cpu_cores": block["cpu"]["cpu_cores_for_target"], "cpu_usage_pct": block["cpu"]["cpu_usage_pct"],
         "p50_ms": read_latency["p50_ms"], "p99_ms": read_latency["p99_ms"], "p999_ms": read_latency["p999_ms"],
-        "disk_bytes": disk["total"], "ops_per_s": replayed["achieved_ops_per_s"],
+        "disk_bytes": disk_steady, "disk_bytes_max": block["disk"]["max_bytes"],
+        "disk_bytes_compacted": compacted["total"], "ops_per_s": replayed["achieved_ops_per_s"],
     })
     return block, sample
+
+
+def get_all(client: NodeClient, users: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every listed user's sequence, fetched in chunks (a reply stays far below the frame limit)."""
+    parts = [client.call(GET, users[i:i + chunk], None) for i in range(0, len(users), chunk)]
+    if not parts:
+        return client.call(GET, users, None)
+    offsets = [parts[0][0]]
+    for off, _ in parts[1:]:
+        offsets.append(off[1:] + offsets[-1][-1])
+    cols = {k: np.concatenate([c[k] for _, c in parts]) for k in parts[0][1]}
+    return np.concatenate(offsets), cols
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -35,6 +35,8 @@ class Store(ABC):
     name: ClassVar[str] = ""
     # Thread-safe stores are called from several node worker threads at once; others are serialised.
     thread_safe: ClassVar[bool] = False
+    # False for the harness-floor store, whose reads are not what was appended (no correctness checks).
+    returns_stored_data: ClassVar[bool] = True
 
     def __init__(self, path: str, schema: Schema, *, max_len: int = 1000, direct_io: bool = False,
                  dram_budget_bytes: int = 64 << 20, **options: Any) -> None:
@@ -72,6 +74,12 @@ class Store(ABC):
     def flush(self) -> None:
         """Make everything appended so far durable on disk."""
         return None
+
+    def compact(self) -> dict[str, int]:
+        """Compact fully (RocksDB: a full-range compaction; SeqVault: merge and reclaim) and return
+        :meth:`disk_bytes` after it: the disk a store needs once background work has caught up."""
+        self.flush()
+        return self.disk_bytes()
 
     @abstractmethod
     def disk_files(self) -> dict[str, str]:

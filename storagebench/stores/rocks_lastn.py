@@ -30,34 +30,72 @@ def user_key(uid: int) -> bytes:
     return int(uid).to_bytes(8, "big")
 
 
+# Option profiles. ``default``: what the first wave ran (LZ4 on every level, 16 KiB blocks).
+# ``tuned``: what a careful operator runs for point reads of multi-KiB values, chosen by the sweep
+# in ``scripts/rocksdb_sweep.py`` (compression x blob x block size; its figures are in the README):
+# LZ4 on the upper levels, ZSTD at the bottommost level where ~90 % of the data lives, filters
+# only where a lookup can miss (``optimize_filters_for_hits``: every read here is of a stored
+# user, so bottommost filters would only cost DRAM), 16 KiB blocks, no BlobDB (it cost disk and
+# read time in the sweep: values are rewritten whole on each append, so blobs turn to garbage fast).
+ROCKSDB_PROFILES: dict[str, dict[str, Any]] = {
+    "default": {"compression": "lz4", "bottommost_compression": "lz4", "bloom_bits_per_key": 10,
+                "optimize_filters_for_hits": False, "block_size": 16 << 10, "enable_blob_files": False,
+                "min_blob_size": 4096, "zstd_level": 3, "zstd_max_dict_bytes": 0},
+    "tuned": {"compression": "lz4", "bottommost_compression": "zstd", "bloom_bits_per_key": 10,
+              "optimize_filters_for_hits": True, "block_size": 16 << 10, "enable_blob_files": False,
+              "min_blob_size": 4096, "zstd_level": 3, "zstd_max_dict_bytes": 0},
+}
+
+
 class RocksStoreBase(Store):
     """RocksDB tuned for point lookups; subclasses choose the value encoding."""
 
     thread_safe = True
 
-    def __init__(self, path: str, schema: Schema, *, compression: str = "lz4", bloom_bits_per_key: int = 10,
-                 block_size: int = 16 << 10, write_buffer_bytes: int = 16 << 20,
+    def __init__(self, path: str, schema: Schema, *, profile: str = "tuned", write_buffer_bytes: int = 16 << 20,
                  max_background_jobs: int = 2, **kw: Any) -> None:
-        if compression not in _COMPRESSION:
-            raise StoreError(f"compression {compression!r} is not one of {', '.join(_COMPRESSION)}")
-        super().__init__(path, schema, compression=compression, bloom_bits_per_key=bloom_bits_per_key,
-                         block_size=block_size, write_buffer_bytes=write_buffer_bytes,
+        if profile not in ROCKSDB_PROFILES:
+            raise StoreError(f"RocksDB profile {profile!r} is not one of {', '.join(ROCKSDB_PROFILES)}")
+        tuning = dict(ROCKSDB_PROFILES[profile])
+        for key in list(kw):
+            if key in tuning:
+                tuning[key] = kw.pop(key)
+        if tuning.get("compression_all_levels"):
+            tuning["compression"] = tuning["bottommost_compression"] = tuning.pop("compression_all_levels")
+        tuning.pop("compression_all_levels", None)
+        for key in ("compression", "bottommost_compression"):
+            if tuning[key] not in _COMPRESSION:
+                raise StoreError(f"{key} {tuning[key]!r} is not one of {', '.join(_COMPRESSION)}")
+        super().__init__(path, schema, profile=profile, **tuning, write_buffer_bytes=write_buffer_bytes,
                          max_background_jobs=max_background_jobs, **kw)
+        self.tuning = tuning
         os.makedirs(self.path, exist_ok=True)
         opts = rd.Options(raw_mode=True)
         opts.create_if_missing(True)
         table = rd.BlockBasedOptions()
-        table.set_bloom_filter(bloom_bits_per_key, False)  # full (not block-based) filter
+        table.set_bloom_filter(tuning["bloom_bits_per_key"], False)  # full (not block-based) filter
         table.set_data_block_index_type(rd.DataBlockIndexType.binary_and_hash())
         table.set_data_block_hash_ratio(0.75)
-        table.set_block_size(block_size)
+        table.set_block_size(tuning["block_size"])
         # Index and filter blocks live in the block cache so the whole DRAM budget is one number,
         # like SeqVault's index + buffer.
         table.set_block_cache(rd.Cache(max(self.dram_budget_bytes, 1 << 20)))
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         opts.set_block_based_table_factory(table)
-        opts.set_compression_type(_COMPRESSION[compression]())
+        opts.set_compression_type(_COMPRESSION[tuning["compression"]]())
+        opts.set_bottommost_compression_type(_COMPRESSION[tuning["bottommost_compression"]]())
+        if tuning["bottommost_compression"] == "zstd":
+            # window_bits, level, strategy, max_dict_bytes
+            opts.set_bottommost_compression_options(-14, tuning["zstd_level"], 0, tuning["zstd_max_dict_bytes"], True)
+            if tuning["zstd_max_dict_bytes"]:
+                opts.set_bottommost_zstd_max_train_bytes(100 * tuning["zstd_max_dict_bytes"], True)
+        opts.set_optimize_filters_for_hits(tuning["optimize_filters_for_hits"])
+        if tuning["enable_blob_files"]:
+            opts.set_enable_blob_files(True)
+            opts.set_min_blob_size(tuning["min_blob_size"])
+            opts.set_blob_compression_type(_COMPRESSION[tuning["bottommost_compression"]]())
+            opts.set_enable_blob_gc(True)
         opts.set_write_buffer_size(write_buffer_bytes)
         opts.set_max_write_buffer_number(2)
         opts.set_level_compaction_dynamic_level_bytes(True)
@@ -117,6 +155,11 @@ class RocksStoreBase(Store):
         self._db.flush()
         self._db.flush_wal(True)
 
+    def compact(self) -> dict[str, int]:
+        self.flush()
+        self._db.compact_range(None, None)
+        return self.disk_bytes()
+
     def disk_files(self) -> dict[str, str]:
         out = {}
         for entry in os.scandir(self.path):
@@ -144,7 +187,7 @@ class RocksStoreBase(Store):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "rocksdict_version": getattr(rd, "__version__", "unknown"),
-                "key": "user id, 8 bytes big-endian", "filter": "full bloom",
+                "key": "user id, 8 bytes big-endian", "filter": "full bloom", "tuning": self.tuning,
                 "data_block_index": "binary_and_hash (ratio 0.75)",
                 "block_cache_bytes": max(self.dram_budget_bytes, 1 << 20),
                 "cache_index_and_filter_blocks": True, "max_write_buffer_number": 2,

@@ -51,6 +51,13 @@ class SeqVaultStore(Store):
     def flush(self) -> None:
         self._sv.flush()
 
+    def compact(self) -> dict[str, int]:
+        # Everything buffered merged to disk, then every file with any dead space rewritten.
+        self._sv.merge()
+        self._sv.reclaim(live_fraction=1.0)
+        self._sv.flush()
+        return self.disk_bytes()
+
     def disk_files(self) -> dict[str, str]:
         out = {}
         for entry in os.scandir(self.path):
