@@ -50,6 +50,7 @@ from seqvault.schema import Schema
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHQI")
 TIMES = struct.Struct("<QQ")
+READ_REPLY = struct.Struct("<BBHQIQQQQ")  # header, times and counts of a READ reply in one pack
 HELLO, APPEND, BULK_LOAD, READ, GET, FETCH, WIRE_DICT, CONTROL, CLOSE = range(9)
 OP_NAMES = {HELLO: "hello", APPEND: "append", BULK_LOAD: "bulk_load", READ: "read", GET: "get",
             FETCH: "fetch", WIRE_DICT: "wire_dict", CONTROL: "control", CLOSE: "close"}
@@ -130,7 +131,8 @@ def decode_read(payload: bytes | bytearray | memoryview) -> tuple[np.ndarray, in
         raise ProtocolError(f"a read of {n} users needs {_READ.size + 8 * n} payload bytes, got {len(payload)}")
     if last_n != -1 and not 1 <= last_n <= MAX_LAST_N:
         raise ProtocolError(f"last_n must be -1 (the store's N) or in 1..{MAX_LAST_N}, got {last_n}")
-    uids = np.frombuffer(bytes(payload[_READ.size:]), dtype=np.uint64, count=n)
+    # No copy: the node hands each request its own buffer.
+    uids = np.frombuffer(payload, dtype=np.uint64, count=n, offset=_READ.size)
     return uids, (None if last_n == -1 else last_n)
 
 

@@ -20,7 +20,9 @@ a queue left over from warm-up, is flagged ``backlog.started_backlogged``.
 from __future__ import annotations
 
 import functools
+import gc
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from storagebench.measure import CpuSampler, ProcessSnapshot, histogram_of, late
 from storagebench.node import APPEND, READ, NodeClient
 
 OP_NAMES = (APPEND, READ)
+GENERATOR_SWITCH_INTERVAL_S = 0.0002
 
 
 class ReplayError(RuntimeError):
@@ -68,7 +71,7 @@ def intended_offsets_ns(op_time_ms: np.ndarray, *, rate: float | None = None,
     t = np.asarray(op_time_ms, dtype=np.int64)
     if len(t) == 0:
         return np.zeros(0, dtype=np.int64)
-    rel_ns = (t - t[0]).astype(np.float64) * 1e6
+    rel_ns = (t - t[0]).astype(np.float64) * 1e6 + _within_millisecond_ns(t)
     if speed is not None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
@@ -80,6 +83,17 @@ def intended_offsets_ns(op_time_ms: np.ndarray, *, rate: float | None = None,
         return (np.arange(len(t)) * (1e9 / rate)).astype(np.int64)
     # Scale so len(t) ops span len(t)/rate seconds.
     return (rel_ns * ((len(t) - 1) / rate * 1e9 / span)).astype(np.int64)
+
+
+def _within_millisecond_ns(t_ms: np.ndarray) -> np.ndarray:
+    """Ops sharing one trace millisecond spread evenly across it (k ties at j/k ms, j = 0..k-1).
+
+    The trace's clock has millisecond resolution; taking ties as simultaneous would turn them into
+    bursts that a slowed replay stretches into queues no real caller sends."""
+    starts = np.flatnonzero(np.r_[True, t_ms[1:] != t_ms[:-1]])
+    sizes = np.diff(np.r_[starts, len(t_ms)])
+    rank = np.arange(len(t_ms)) - np.repeat(starts, sizes)
+    return rank / np.repeat(sizes, sizes) * 1e6
 
 
 def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None = None, log_prefix: str = "",
@@ -128,7 +142,9 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
 
     check_of: dict[int, dict[str, Any]] = {}
     callbacks = [functools.partial(on_reply, i) for i in range(n)]
-    names = [OP_NAMES[k] for k in kinds]
+    # Every request frame is built before the clock starts: dispatch is one send.
+    base_id = client.reserve_ids(n)
+    frames = [client.encode(OP_NAMES[kinds[i]], args[i], base_id + i, full=bool(full[i])) for i in range(n)]
     start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
     intended = offsets + start_ns
     snap_start: ProcessSnapshot | None = None
@@ -137,7 +153,14 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     next_progress = 0
     next_status = intended[m0] + int(status_interval_s * 1e9)
     appends_sent = 0
-    poll, now = client.poll, time.monotonic_ns
+    poll, now, send_frame = client.poll, time.monotonic_ns, client.send_frame
+    # The schedule, its frames and callbacks are ~10 objects per op: move them out of the cyclic
+    # collector's reach, or a full collection in mid-window stalls dispatch for milliseconds.
+    gc.collect()
+    gc.freeze()
+    # Other threads here (the CPU sampler) take the GIL only briefly; make them hand it back fast.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(GENERATOR_SWITCH_INTERVAL_S)
     for i in range(n):
         if i == m0:
             # Window opens: snapshot at the intended start of its first op, not after a backlog drains.
@@ -153,19 +176,26 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
                            "appends_acked": acked_appends[0], "appends_sent": appends_sent, "result": None}
             checked.append(check_of[i])
         sent[i] = now()
-        client.submit(names[i], args[i], callbacks[i], full=bool(full[i]))
+        code, data = frames[i]
+        send_frame(base_id + i, code, data, callbacks[i])
         if kinds[i] == append_k:
             appends_sent += 1
+        # Housekeeping (progress bar, status line) only in a gap of > 2 ms before the next op, so
+        # it never delays a dispatch.
+        if i + 1 < n and intended[i + 1] - now() < 2_000_000:
+            continue
         if progress is not None and i >= next_progress:
             progress(i + 1)
             next_progress = i + 1000
-        if status is not None and sent[i] >= next_status and (i + 1 == n or intended[i + 1] - now() > 2_000_000):
+        if status is not None and sent[i] >= next_status:
             status(_status_line(sent[i], intended, done, kinds, m0, i + 1, status_interval_s, client.in_flight()))
             next_status += int(status_interval_s * 1e9)
     dispatched_ns = now()
     deadline = time.monotonic() + drain_timeout_s
     while client.in_flight() and time.monotonic() < deadline:
         poll(0.005)
+    gc.unfreeze()
+    sys.setswitchinterval(switch_interval)
     assert snap_start is not None and sampler is not None
     snap_end = ProcessSnapshot.take(client.pid)
     series = sampler.stop()
@@ -182,6 +212,10 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     lag_us = (sent[m0:] - intended[m0:]) // 1000
     # From the actual send: not coordinated-omission safe, kept only to separate generator stalls.
     from_send_us = np.maximum((done[m0:] - sent[m0:]) // 1000, 1)
+    # The two transport legs, from the node's own timestamps (one clock per host): send -> store call
+    # starts (kernel, node wake-up, frame parsing) and store call ends -> reply processed here.
+    to_node_us = np.maximum((svc_start[m0:] - sent[m0:]) // 1000, 1)
+    from_node_us = np.maximum((done[m0:] - svc_end[m0:]) // 1000, 1)
     window_s = schedule.window_s or 1e-9
     per_op: dict[str, Any] = {}
     by_op: dict[str, Any] = {}
@@ -191,6 +225,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
         per_op[name] = {"latency": latency_summary(histogram_of(lat_us[sel])),
                         "service": latency_summary(histogram_of(svc_us[sel])),
                         "from_send": latency_summary(histogram_of(from_send_us[sel])),
+                        "to_node": latency_summary(histogram_of(to_node_us[sel])),
+                        "from_node": latency_summary(histogram_of(from_node_us[sel])),
                         "count": int(np.count_nonzero(of_kind))}
         by_op[name] = _backlog_of(lat_us, done[m0:], intended[m0:], of_kind, ok, window_s, intended[m0],
                                   backlog_threshold_ms, min_achieved_ratio, name)

@@ -73,7 +73,10 @@ def test_a_window_opening_on_a_warmup_backlog_is_flagged(delayed_node):
 
 def test_intended_offsets_follow_the_trace_scaled_to_a_rate():
     t_ms = np.array([0, 10, 10, 40, 100], dtype=np.int64)
-    assert intended_offsets_ns(t_ms, speed=2.0).tolist() == [0, 5_000_000, 5_000_000, 20_000_000, 50_000_000]
+    # the two ops of trace millisecond 10 are spread across it (10.0 and 10.5 ms), then halved
+    assert intended_offsets_ns(t_ms, speed=2.0).tolist() == [0, 5_000_000, 5_250_000, 20_000_000, 50_000_000]
+    ties = intended_offsets_ns(np.array([7, 7, 7, 7, 8]), speed=1.0)
+    assert ties.tolist() == [0, 250_000, 500_000, 750_000, 1_000_000]
     off = intended_offsets_ns(t_ms, rate=10.0)
     assert off[-1] == 400_000_000  # 5 ops at 10/s span 0.4 s
     assert off[3] == pytest.approx(0.4 * off[-1], rel=1e-6)  # burstiness kept

@@ -76,8 +76,9 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in stores}
     warnings: list[str] = []
     crosscheck: dict[str, Any] = {}
-    # A slow refresh: the bar's thread shares the generator's GIL.
-    with Progress(*columns, console=console, transient=False, refresh_per_second=2) as bar:
+    # No refresh thread: it would share the generator's GIL. The bar redraws when the replay
+    # reports progress, which it does only in gaps between operations.
+    with Progress(*columns, console=console, transient=False, auto_refresh=False) as bar:
         task = bar.add_task("prepare schedule", total=None)
         prepared = prepare(wl, cfg)
         bar.update(task, total=1, completed=1)
@@ -90,6 +91,7 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
 
                 def progress(phase: str, done: int, total: int, tasks: dict = tasks) -> None:
                     bar.update(tasks[phase], completed=done, total=total)
+                    bar.refresh()
 
                 def status(s: dict[str, Any], label: str = label) -> None:
                     p99 = "n/a" if s["read_p99_ms"] is None else f"{s['read_p99_ms']:.2f} ms"

@@ -34,6 +34,7 @@ class NullStore(Store):
             else:
                 cols[f.name] = rng.integers(0, 1000, n).astype(f.np_dtype)
         self._sequence = cols
+        self._one: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # last_n -> one user's reply
 
     def append(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         return None
@@ -42,9 +43,11 @@ class NullStore(Store):
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         n = min(self.max_len if last_n is None else int(last_n), self.max_len)
         users = len(user_ids)
-        offsets = np.arange(users + 1, dtype=np.int64) * n
         if users == 1:
-            return offsets, {k: v[-n:] for k, v in self._sequence.items()}
+            if n not in self._one:
+                self._one[n] = (np.array([0, n], dtype=np.int64), {k: v[-n:] for k, v in self._sequence.items()})
+            return self._one[n]
+        offsets = np.arange(users + 1, dtype=np.int64) * n
         return offsets, {k: np.tile(v[-n:], users) for k, v in self._sequence.items()}
 
     def disk_files(self) -> dict[str, str]:
