@@ -60,9 +60,8 @@ def check_reads(checked: Sequence[dict[str, Any]], append_args: Sequence[tuple[n
             if k > 0:
                 uids, batch = append_args[k - 1]
                 sel = np.asarray(uids) == user
-                if not sel.any():
-                    continue
-                state = merge_newest(state, {f: np.asarray(v)[sel] for f, v in batch.items()}, schema, max_len)
+                if sel.any():
+                    state = merge_newest(state, {f: np.asarray(v)[sel] for f, v in batch.items()}, schema, max_len)
             if k >= c["appends_acked"]:
                 states.append(state)
         if not any(_equal(got, s, schema, last_n) for s in states):

@@ -69,6 +69,8 @@ class _Connection:
         self.rview = memoryview(self.rbuf)
         self.send_lock = threading.Lock()
         self.open = True
+        self.appends_queued = 0                 # appends handed to the writer, not yet answered
+        self.appends_done = threading.Condition()
 
     def send_raw(self, data: bytes) -> None:
         with self.send_lock:
@@ -112,6 +114,8 @@ class _Node:
                 return
             if op == p.APPEND:
                 uids, cols = p.decode_batch(self.schema, payload)
+                with conn.appends_done:
+                    conn.appends_queued += 1
                 self.appends.put((conn, req_id, uids, cols))
                 return
             body = self._call(op, flags, payload)
@@ -182,6 +186,10 @@ class _Node:
             conn.buf += conn.rview[:got]
             if not self.on_frames(conn):
                 break
+        # The peer is done sending (or broke the protocol): answer what it already sent first, so
+        # every write the store applied is acknowledged on this connection.
+        with conn.appends_done:
+            conn.appends_done.wait_for(lambda: conn.appends_queued == 0 or self.stopping.is_set(), timeout=60)
         self.drop(conn)
 
     def on_frames(self, conn: _Connection) -> bool:
@@ -233,6 +241,9 @@ class _Node:
             except Exception as e:
                 body, status = f"{type(e).__name__}: {e}\n{traceback.format_exc()}".encode(), p.STATUS_ERROR
             conn.send(p.APPEND, req_id, status, t0, time.monotonic_ns(), body)
+            with conn.appends_done:
+                conn.appends_queued -= 1
+                conn.appends_done.notify_all()
 
     def maintainer(self) -> None:
         while not self.stopping.wait(self.maintain_interval_s):

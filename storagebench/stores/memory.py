@@ -1,8 +1,10 @@
 """An in-memory reference store: the oracle for contract tests, and a harness calibrator.
 
-``delay_ms`` makes every append and read take at least that long (a sleep, so no CPU is used):
-driving it through the replay harness checks that the latency accounting reports what is known
-to be true, including under backlog.
+``delay_ms`` makes every append and read take at least that long (a sleep, so no CPU is used),
+``append_delay_ms`` only every append: driving it through the replay harness checks that the
+latency accounting and the validity rules report what is known to be true, including a backlog
+of one op type only. ``lose_every_nth_append`` acknowledges but silently drops every n-th append
+(a fault to inject): the in-window read-your-writes check must catch it.
 """
 
 from __future__ import annotations
@@ -24,15 +26,25 @@ class MemoryStore(Store):
     name = "memory"
     thread_safe = True
 
-    def __init__(self, path: str, schema: Schema, *, delay_ms: float = 0.0, **kw: Any) -> None:
-        super().__init__(path, schema, delay_ms=delay_ms, **kw)
+    def __init__(self, path: str, schema: Schema, *, delay_ms: float = 0.0, append_delay_ms: float = 0.0,
+                 lose_every_nth_append: int = 0, **kw: Any) -> None:
+        super().__init__(path, schema, delay_ms=delay_ms, append_delay_ms=append_delay_ms,
+                         lose_every_nth_append=lose_every_nth_append, **kw)
         self.delay_s = float(delay_ms) / 1e3
+        self.append_delay_s = float(append_delay_ms) / 1e3
+        self.lose_every = int(lose_every_nth_append)
+        self._appends = 0
         self._users: dict[int, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def append(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         user_ids, columns = self.schema.validate(user_ids, columns)
         self._delay()
+        if self.append_delay_s > 0:
+            time.sleep(self.append_delay_s)
+        self._appends += 1
+        if self.lose_every and self._appends % self.lose_every == 0:
+            return
         with self._lock:
             for uid, cols in split_by_user(user_ids, columns):
                 self._users[uid] = merge_newest(self._users.get(uid), cols, self.schema, self.max_len)
