@@ -96,8 +96,13 @@ def _table1_section(results: ResultSet) -> dict[str, Any]:
     for res in results.of_kind("table1") + results.of_kind("run"):
         rows = res.data.get("rows") if isinstance(res.data.get("rows"), dict) else {}
         body = [{"store": name, "valid": r.get("valid", True),
-                 "cells": [fmt_bytes(r.get(k)) if k == "disk_bytes" else fmt_num(r.get(k)) for k, _ in TABLE1_COLUMNS]}
+                 "cells": [_cell(r, k) for k, _ in TABLE1_COLUMNS]}
                 for name, r in rows.items() if isinstance(r, dict)]
+        floor = res.data.get("floor")
+        if isinstance(floor, dict):
+            body.append({"store": "harness floor (null store)", "valid": floor.get("valid", True),
+                         "cells": [_cell(floor, k) if k in ("p50_ms", "p99_ms", "p999_ms") else ""
+                                   for k, _ in TABLE1_COLUMNS]})
         red = res.data.get("reduction_pct") if isinstance(res.data.get("reduction_pct"), dict) else {}
         reduction = [f"{number(red[k]):.1f}%" if number(red.get(k)) is not None else "" for k, _ in TABLE1_COLUMNS]
         warnings = res.data.get("warnings") if isinstance(res.data.get("warnings"), list) else []
@@ -106,10 +111,22 @@ def _table1_section(results: ResultSet) -> dict[str, Any]:
                        "reduction": reduction if any(reduction) else None,
                        "paper": _paper_rows(res.data.get("paper")), "warnings": [str(w) for w in warnings],
                        "crosscheck": res.data.get("crosscheck"),
+                       "reduction_invalid": res.data.get("reduction_invalid_reason"),
+                       "repeats": res.data.get("repeats", 1),
                        # a `run` measures the stores it was asked for; only table1 promises all three
                        "missing_rows": sorted(expected - set(rows)) if res.kind == "table1" else []})
     return {"tables": tables, "columns": [c for _, c in TABLE1_COLUMNS],
             "missing": None if tables else _missing("table1", "Table 1 result (table1.json)")}
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A Table 1 cell: the value (median over repeats) and, with repeats, its [min-max]."""
+    fmt = fmt_bytes if key == "disk_bytes" else fmt_num
+    text = fmt(row.get(key))
+    spread = row.get("spread", {}).get(key) if isinstance(row.get("spread"), dict) else None
+    if isinstance(spread, list) and len(spread) == 2 and len(row.get("repeats") or []) > 1:
+        text += f" [{fmt(spread[0])}-{fmt(spread[1])}]"
+    return text
+
 
 def _latency_section(runs: list, results: ResultSet) -> dict[str, Any]:
     curves = []

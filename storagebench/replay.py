@@ -145,13 +145,10 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     # Every request frame is built before the clock starts: dispatch is one send.
     base_id = client.reserve_ids(n)
     frames = [client.encode(OP_NAMES[kinds[i]], args[i], base_id + i, full=bool(full[i])) for i in range(n)]
-    start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
-    intended = offsets + start_ns
     snap_start: ProcessSnapshot | None = None
     sampler: CpuSampler | None = None
     gen_cpu0 = time.process_time()
     next_progress = 0
-    next_status = intended[m0] + int(status_interval_s * 1e9)
     appends_sent = 0
     poll, now, send_frame = client.poll, time.monotonic_ns, client.send_frame
     # The schedule, its frames and callbacks are ~10 objects per op: move them out of the cyclic
@@ -161,6 +158,10 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     # Other threads here (the CPU sampler) take the GIL only briefly; make them hand it back fast.
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(GENERATOR_SWITCH_INTERVAL_S)
+    # The clock starts only now: everything above is preparation, not dispatch lag.
+    start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
+    intended = offsets + start_ns
+    next_status = intended[m0] + int(status_interval_s * 1e9)
     for i in range(n):
         if i == m0:
             # Window opens: snapshot at the intended start of its first op, not after a backlog drains.

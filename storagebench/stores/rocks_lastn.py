@@ -17,9 +17,10 @@ import numpy as np
 import rocksdict as rd
 
 from seqvault.schema import Schema
+from seqvault.seqmerge import csr_concat_groups, csr_groups, newest_per_group
 from storagebench.stores.base import Store, StoreError, register_store
 from storagebench.stores.sequences import merge_newest, pack_csr, split_by_user
-from storagebench.stores.text_codec import decode_text, encode_text
+from storagebench.stores.text_codec import decode_text, decode_text_many, encode_text, encode_text_many
 
 _COMPRESSION = {"lz4": rd.DBCompressionType.lz4, "zstd": rd.DBCompressionType.zstd,
                 "none": rd.DBCompressionType.none, "snappy": rd.DBCompressionType.snappy}
@@ -111,24 +112,52 @@ class RocksStoreBase(Store):
         self._closed = False
         self.events_appended = 0
 
-    # -- value encoding, per subclass -----------------------------------------------------------
+    # -- value encoding, per subclass: one user (reads) and a whole batch (appends) -------------
     def encode_value(self, uid: int, cols: Mapping[str, np.ndarray]) -> bytes:
         raise NotImplementedError
 
     def decode_value(self, uid: int, value: bytes) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def encode_values(self, users: np.ndarray, offsets: np.ndarray, cols: Mapping[str, np.ndarray]) -> list[bytes]:
+        """Every user's value of a CSR batch (user i owns rows offsets[i]:offsets[i+1])."""
+        raise NotImplementedError
+
+    def decode_values(self, users: np.ndarray, values: list[bytes | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Stored values (None: no value) -> CSR offsets and columns."""
+        raise NotImplementedError
+
     # -- the contract ---------------------------------------------------------------------------
     def append(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
+        """Read-modify-write of every user in the batch at once: one multi-get, one decode, one
+        merge, one encode and one write batch (per-user calls would spend most of the time in glue)."""
         user_ids, columns = self.schema.validate(user_ids, columns)
-        for uid, cols in split_by_user(user_ids, columns):
-            key = user_key(uid)
-            # Read-modify-write must not interleave with another writer of the same user.
-            with self._locks[uid % _LOCK_STRIPES]:
-                old = self._db.get(key)
-                merged = merge_newest(None if old is None else self.decode_value(uid, old), cols,
-                                      self.schema, self.max_len)
-                self._db.put(key, self.encode_value(uid, merged))
+        if len(user_ids) == 0:
+            return
+        order = np.argsort(user_ids, kind="stable")  # stable: a user's events keep their batch order
+        sorted_uids = user_ids[order]
+        starts = np.flatnonzero(np.r_[True, sorted_uids[1:] != sorted_uids[:-1]])
+        users = sorted_uids[starts]
+        new_offsets = np.r_[starts, len(sorted_uids)].astype(np.int64)
+        new_cols = {k: np.asarray(columns[k])[order] for k in self.schema.names}
+        keys = [user_key(u) for u in users.tolist()]
+        # Read-modify-write must not interleave with another writer of the same users; stripes
+        # are taken in order so two batches cannot deadlock.
+        stripes = sorted({u % _LOCK_STRIPES for u in users.tolist()})
+        for i in stripes:
+            self._locks[i].acquire()
+        try:
+            old_offsets, old_cols = self.decode_values(users, self._db.get(keys))
+            groups, cols = csr_concat_groups([(csr_groups(old_offsets), old_cols), (csr_groups(new_offsets), new_cols)],
+                                             list(self.schema.names))
+            offsets, merged = newest_per_group(len(users), groups, cols, self.schema.time_field, self.max_len)
+            batch = rd.WriteBatch(raw_mode=True)
+            for key, value in zip(keys, self.encode_values(users, offsets, merged), strict=True):
+                batch.put(key, value)
+            self._db.write(batch)
+        finally:
+            for i in stripes:
+                self._locks[i].release()
         self.events_appended += len(user_ids)
 
     def bulk_load(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
@@ -193,7 +222,7 @@ class RocksStoreBase(Store):
                 "cache_index_and_filter_blocks": True, "max_write_buffer_number": 2,
                 "compaction": "leveled, dynamic level bytes",
                 "use_direct_reads": self.direct_io, "use_direct_io_for_flush_and_compaction": self.direct_io,
-                "wal": "on, not synced per write", "update": "read-modify-write (get, decode, merge, put)"}
+                "wal": "on, not synced per write", "update": "read-modify-write per append batch (multi-get, decode, merge, encode, write batch)"}
 
     def close(self) -> None:
         if not self._closed:
@@ -213,6 +242,14 @@ class RocksLastNStore(RocksStoreBase):
 
     def decode_value(self, uid: int, value: bytes) -> dict[str, np.ndarray]:
         return decode_text(value, self.schema)
+
+    def encode_values(self, users: np.ndarray, offsets: np.ndarray, cols: Mapping[str, np.ndarray]) -> list[bytes]:
+        buf, starts = encode_text_many(offsets, cols, self.schema)
+        data = buf.tobytes()
+        return [data[starts[i]:starts[i + 1]] for i in range(len(users))]
+
+    def decode_values(self, users: np.ndarray, values: list[bytes | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return decode_text_many(values, self.schema)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "value_format": "decimal text: ',' between fields, ';' between events"}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from seqvault.codec import decode_record, encode_record
+from seqvault.codec import decode_record, decode_records, encode_record, encode_records
 from storagebench.stores.base import register_store
 from storagebench.stores.rocks_lastn import RocksStoreBase, user_key
 from storagebench.stores.sequences import pack_csr
@@ -26,6 +26,26 @@ class RocksPackedStore(RocksStoreBase):
 
     def decode_value(self, uid: int, value: bytes) -> dict[str, np.ndarray]:
         return decode_record(value, self.schema, expect_user=uid)
+
+    def encode_values(self, users: np.ndarray, offsets: np.ndarray, cols: Mapping[str, np.ndarray]) -> list[bytes]:
+        buf, starts = encode_records(users, offsets, dict(cols), self.schema)
+        data = buf.tobytes()
+        return [data[starts[i]:starts[i + 1]] for i in range(len(users))]
+
+    def decode_values(self, users: np.ndarray, values: list[bytes | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        found = [i for i, v in enumerate(values) if v is not None]
+        if not found:
+            return np.zeros(len(values) + 1, np.int64), self.schema.empty_columns()
+        sizes = np.array([len(values[i]) for i in found], dtype=np.int64)
+        rec_offsets = np.zeros(len(found) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=rec_offsets[1:])
+        buf = np.frombuffer(b"".join(values[i] for i in found), dtype=np.uint8)
+        ev_offsets, cols = decode_records(buf, rec_offsets[:-1], self.schema)
+        counts = np.zeros(len(values), dtype=np.int64)
+        counts[found] = np.diff(ev_offsets)
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return offsets, cols
 
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -147,3 +147,74 @@ def decode_text(value: bytes, schema: Schema) -> dict[str, np.ndarray]:
         col = values[:, j]
         out[f.name] = col.view(np.uint64).copy() if f.np_dtype == np.uint64 else col.astype(f.np_dtype)
     return out
+
+
+# -- many values at once: what an append's read-modify-write over a whole batch uses ------------
+
+@njit(cache=True, nogil=True)
+def encode_text_many_kernel(values: np.ndarray, offsets: np.ndarray, unsigned: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """int64[n_events, n_fields] in CSR (user i owns rows offsets[i]:offsets[i+1]) -> one buffer
+    with every user's text value back to back, and their start offsets (n + 1)."""
+    n = len(offsets) - 1
+    parts = [np.empty(0, dtype=np.uint8) for _ in range(n)]
+    total = 0
+    for i in range(n):
+        parts[i] = encode_text_kernel(values[offsets[i]:offsets[i + 1]], unsigned)
+        total += len(parts[i])
+    out = np.empty(total, dtype=np.uint8)
+    starts = np.empty(n + 1, dtype=np.int64)
+    pos = 0
+    for i in range(n):
+        starts[i] = pos
+        out[pos:pos + len(parts[i])] = parts[i]
+        pos += len(parts[i])
+    starts[n] = pos
+    return out, starts
+
+
+@njit(cache=True, nogil=True)
+def decode_text_many_kernel(buf: np.ndarray, starts: np.ndarray, n_fields: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Values back to back in ``buf`` (value i at starts[i]:starts[i+1]) -> (CSR event offsets,
+    int64[n_events, n_fields], index of the first malformed value or -1)."""
+    n = len(starts) - 1
+    parts = [np.empty((0, n_fields), dtype=np.int64) for _ in range(n)]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        m = decode_text_kernel(buf[starts[i]:starts[i + 1]], n_fields)
+        if m.shape[1] != n_fields:
+            return offsets, np.empty((0, n_fields), dtype=np.int64), i
+        parts[i] = m
+        offsets[i + 1] = offsets[i] + m.shape[0]
+    out = np.empty((offsets[n], n_fields), dtype=np.int64)
+    for i in range(n):
+        out[offsets[i]:offsets[i + 1]] = parts[i]
+    return offsets, out, -1
+
+
+def encode_text_many(offsets: np.ndarray, columns: Mapping[str, np.ndarray], schema: Schema
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Many users' columns in CSR -> (buffer, value start offsets); value i is the LastN text of user i."""
+    n = int(offsets[-1]) if len(offsets) else 0
+    values = np.empty((n, len(schema.fields)), dtype=np.int64)
+    for j, name in enumerate(schema.names):
+        col = np.asarray(columns[name])
+        values[:, j] = col.view(np.int64) if col.dtype == np.uint64 else col
+    return encode_text_many_kernel(values, np.ascontiguousarray(offsets, dtype=np.int64), _unsigned_mask(schema))
+
+
+def decode_text_many(values: list[bytes | None], schema: Schema) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """LastN text values (None: no value) -> CSR offsets and columns at the schema's dtypes."""
+    sizes = np.array([0 if v is None else len(v) for v in values], dtype=np.int64)
+    starts = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    buf = np.frombuffer(b"".join(v for v in values if v is not None), dtype=np.uint8)
+    offsets, matrix, bad = decode_text_many_kernel(buf, starts, len(schema.fields))
+    if bad >= 0:
+        raise TextCodecError(f"LastN value {bad} of the batch is not {len(schema.fields)} comma-separated integers "
+                             f"per ';'-separated event; the store is corrupt or was written with another schema")
+    out: dict[str, np.ndarray] = {}
+    for j, f in enumerate(schema.fields):
+        col = matrix[:, j]
+        out[f.name] = col.view(np.uint64).copy() if f.np_dtype == np.uint64 else col.astype(f.np_dtype)
+    return offsets, out
