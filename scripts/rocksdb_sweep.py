@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--live-s", type=float, default=30.0, help="seconds of the live stream to append")
     ap.add_argument("--reads", type=int, default=2000)
     ap.add_argument("--block-sizes", default="16,64", help="KiB, comma-separated")
+    ap.add_argument("--compressions", default=",".join(COMPRESSION), help="comma-separated, from: " + ", ".join(COMPRESSION))
+    ap.add_argument("--blob", default="off,on", help="BlobDB settings to try: off, on or both")
     ap.add_argument("--out", default="results/rocksdb_sweep.json")
     args = ap.parse_args()
     wl = generate(GeneratorConfig.preset("small"))
@@ -55,7 +57,9 @@ def main() -> None:
     read_users = rng.choice(users, size=min(args.reads, len(users)), replace=False)
     rows = []
     blocks = [int(b) << 10 for b in args.block_sizes.split(",")]
-    for (name, (upper, bottom, dict_bytes)), blob, block in itertools.product(COMPRESSION.items(), (False, True), blocks):
+    chosen = [(c, COMPRESSION[c]) for c in args.compressions.split(",")]
+    blobs = [b == "on" for b in args.blob.split(",")]
+    for (name, (upper, bottom, dict_bytes)), blob, block in itertools.product(chosen, blobs, blocks):
         path = tempfile.mkdtemp(prefix="sweep-", dir=os.path.dirname(os.path.abspath(args.out)) or ".")
         store = open_store(args.store, path, wl.schema, max_len=1000, direct_io=True, dram_budget_bytes=64 << 20,
                            profile="tuned", compression=upper, bottommost_compression=bottom,

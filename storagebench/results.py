@@ -9,43 +9,64 @@ Format (field names are stable; the reports package renders these files):
     machine         cpu_model, logical_cores, physical_cores, ram_bytes, kernel, os, python, packages{},
                     store_filesystem{mount, device, type}, load_average[3] (other users of the machine)
     workload        the workload's manifest (as produced by ``workloads``)
-    run_config      io, max_len, rate | speed, warmup_s, window_s, workers, node_cpus, dram_budget_bytes,
-                    target_qps, target_utilisation, backlog_threshold_ms, crosscheck_users, seed
+    run_config      io, max_len, rate | speed, warmup_s, window_s, node_cpus, keep_awake, dram_budget_bytes,
+                    store_options, backlog_threshold_ms, min_achieved_ratio, check_share, target_qps,
+                    target_utilisation, crosscheck_users (null: every user), seed
+    repeats         how many interleaved rounds every store ran (order rotated each round)
     schedule        ops, warmup_ops, measured_ops, measured_reads, measured_appends, speed, window_s
     stores          {store name: the store's full configuration as opened}
     rows            {store name: per-store block, below}  (table1 keys: rocksdb_lastn, rocksdb_packed, seqvault)
     reduction_pct   {cpu_cores, cpu_usage_pct, p99_ms, disk_bytes, p50_ms, p999_ms}: 100 * (1 - seqvault / rocksdb_lastn)
-    crosscheck      {users, stores, events, identical}
+                    of the medians; null when any row is not valid, and then
+    reduction_invalid_reason  which rows are not valid and why
+    floor           the harness floor (the null store through the same path): p50_ms, p99_ms, p999_ms,
+                    spread, read_service_p99_ms, append_p99_ms, dispatch_lag_p99_ms, repeats, keep_awake
+    crosscheck      {users, stores, events, identical, rounds}: every round's final state compared
     paper           the paper's Table 1 figures, for side-by-side reading
     hdr_logs        relative paths of the interval histogram logs
     warnings        anything the reader must know (backlog, O_DIRECT fallback, ...)
 
 Per-store block (``rows[name]``)::
 
-    cpu_cores, cpu_usage_pct, p50_ms, p99_ms, p999_ms, disk_bytes, ops_per_s   Table 1 headline values;
-        latencies are reads, from the intended start (coordinated omission corrected)
-    valid           false if the backlog grew during the window, or the window opened on a backlog
-                    left by warm-up (percentiles then not valid)
-    latency         {append|read: {latency: summary, service: summary, from_send: summary, count}};
+    cpu_cores, cpu_usage_pct, p50_ms, p99_ms, p999_ms, disk_bytes, disk_bytes_max, disk_bytes_compacted,
+        ops_per_s   Table 1 headline values, each the median over the repeats; latencies are reads,
+        from the intended start (coordinated omission corrected); disk_bytes is the time-weighted
+        mean of a once-a-second sample through the window, disk_bytes_compacted after a full
+        compaction / merge + reclaim at the end
+    spread          {headline key: [min, max] over the repeats}; p99_max_over_min
+    repeats         one block per run: round, position in the round's order, valid, invalid_reasons and
+                    the headline values; the row's other fields are those of its median-P99 run
+    valid           false if, for reads or appends (``backlog.by_op``), the backlog grew during the
+                    window, the window opened on a backlog left by warm-up, an op went unanswered, or
+                    the achieved rate fell below min_achieved_ratio of the offered; invalid_reasons says
+    latency         {append|read: {latency, service, from_send, to_node, from_node: summary, count}};
                     latency is from the intended start, service the store call alone, from_send from
-                    the actual send (diagnostic only: excludes generator stalls); a summary is
+                    the actual send (diagnostic only: excludes generator stalls), to_node / from_node
+                    the transport legs either side of the store call; a summary is
                     {p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms, count}
+    correctness     the in-window read-your-writes check: {checked_reads, unanswered, ok, share}
+    keep_awake      {enabled, cpus, policy, counted_in_store_cpu}
     all_ops_latency summary over both op types
     offered_ops_per_s, achieved_ops_per_s
-    backlog         {grew, started_backlogged, threshold_ms, latency_first_tenth_p50_ms, latency_last_tenth_p50_ms,
-                     unanswered_ops, drain_s}
-    generator       {dispatch_lag_p50_ms, dispatch_lag_p99_ms, dispatch_lag_max_ms, cpu_s}
+    backlog         {grew, started_backlogged, below_offered, threshold_ms, min_achieved_ratio,
+                     latency_first_tenth_p50_ms, latency_last_tenth_p50_ms (reads), unanswered_ops, drain_s,
+                     invalid_reasons, by_op: {append|read: {count, offered_ops_per_s, achieved_ops_per_s,
+                     latency_first_tenth_p50_ms, latency_last_tenth_p50_ms, grew, started_backlogged,
+                     unanswered_ops, below_offered, reasons}}}
+    generator       {dispatch_lag_p50_ms, dispatch_lag_p99_ms, dispatch_lag_max_ms, cpu_s, mode}
     cpu             {cpu_s, cpu_user_s, cpu_system_s, wall_s, node_cores, cpu_usage_pct, cpu_s_per_op,
                      cpu_cores_for_target, target_qps, target_utilisation,
                      series: [[t_s, node_cpu_pct, generator_cpu_pct], ...] one per second (100 = one core)}
-    disk            {bytes: {category: bytes, total}, stored_events, bytes_per_event}
+    disk            {bytes: {category: bytes, total} after the run, stored_events, bytes_per_event (of the mean),
+                     series: [[t_s, bytes], ...], mean_bytes, max_bytes, final_bytes, compacted_bytes}
     io              {window: /proc/<pid>/io deltas, appended_events, appended_logical_bytes, returned_bytes,
                      write_amplification, read_amplification}
     load            bulk load: {wall_s, cpu_s, cpu_user_s, cpu_system_s, io, events, write_amplification}
     io_mode, warnings, stats (store counters), config (store configuration), run_config
 
 ``DIR/table1.csv`` (``run.csv``): one line per store with the headline values.
-``DIR/hdr/<store>.<op>.<latency|service>.hlog``: HdrHistogram interval logs (1 s intervals, microseconds).
+``DIR/hdr/<store>[.r<repeat>].<op>.<latency|service>.hlog``: HdrHistogram interval logs (1 s intervals,
+microseconds; ``.r<k>`` when the run had repeats).
 """
 
 from __future__ import annotations

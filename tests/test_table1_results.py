@@ -51,11 +51,26 @@ def test_table1_json_has_the_promised_fields(table1_doc):
     assert set(saved["stores"]) == set(TABLE1_ROWS)
     assert saved["paper"]["reduction_pct"]["cpu_usage_pct"] == 75
     assert saved["crosscheck"]["identical"] and saved["crosscheck"]["users"] == 60
+    # the harness floor rides along, latency only, through the same node and replay path
+    floor = saved["floor"]
+    assert floor["store"] == "null" and 0 < floor["p50_ms"] <= floor["p99_ms"] <= floor["p999_ms"]
+    assert "null" not in saved["rows"] and "null" not in saved["stores"]
+    for name, row in saved["rows"].items():
+        assert set(row["backlog"]["by_op"]) == {"read", "append"}, name
+        assert row["valid"] == (not row["invalid_reasons"])
+        disk = row["disk"]
+        assert disk["series"] and min(v for _, v in disk["series"]) <= row["disk_bytes"] <= row["disk_bytes_max"]
+        assert row["disk_bytes_compacted"] > 0 and row["correctness"]["ok"]
+        assert row["config"]["store"] == name
+    for name in ("rocksdb_lastn", "rocksdb_packed"):
+        tuning = saved["stores"][name]["tuning"]
+        assert tuning["bottommost_compression"] == "zstd" and tuning["compression"] == "lz4"
 
 
 def test_reduction_is_seqvault_against_rocksdb_lastn(table1_doc):
     _, doc = table1_doc
     base, sv = doc["rows"]["rocksdb_lastn"], doc["rows"]["seqvault"]
+    assert all(r["valid"] for r in doc["rows"].values()), doc.get("reduction_invalid_reason")
     for key in ("cpu_cores", "cpu_usage_pct", "p99_ms", "disk_bytes"):
         assert doc["reduction_pct"][key] == pytest.approx(100 * (1 - sv[key] / base[key]))
 

@@ -18,8 +18,9 @@ def replay_options(default_out: str) -> Callable:
                      help="A saved workload directory (`storagebench workload generate`). Default: generate one "
                           "at --scale."),
         click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True,
-                     help="Workload preset, replay speed and window. small: ~8 min of measurement on "
-                          "2 cores / 24 GiB; medium and large are for bigger machines."),
+                     help="Workload preset, replay speed and window. small: 4,000 users, 0.2x the trace "
+                          "(~240 ops/s), 10 s warm-up + 30 s window per store (Table 1 with --repeats 3: "
+                          "~12 min on 2 cores / 24 GiB); medium and large are for bigger machines."),
         click.option("--users", type=int, help="Override the preset's number of users."),
         click.option("--seed", type=int, default=0, show_default=True, help="Workload and sampling seed."),
         click.option("--io", type=click.Choice(["direct", "buffered"]), default="direct", show_default=True,
@@ -27,7 +28,7 @@ def replay_options(default_out: str) -> Callable:
                           "with an equal block cache), so the SSD path is measured rather than a DRAM copy of "
                           "the whole data set; falls back to buffered with a warning where O_DIRECT is refused."),
         click.option("--speed", type=float,
-                     help="Replay at the trace's own pace times this (default: per scale, 0.25 for small)."),
+                     help="Replay at the trace's own pace times this (default: per scale, 0.2 for small)."),
         click.option("--rate", type=float, help="Replay at this mean rate in ops/s instead (burstiness kept)."),
         click.option("--warmup-s", type=float, help="Warm-up seconds, not measured (default: per scale)."),
         click.option("--window-s", type=float, help="Measured window in seconds (default: per scale)."),

@@ -61,9 +61,9 @@ class RocksStoreBase(Store):
         for key in list(kw):
             if key in tuning:
                 tuning[key] = kw.pop(key)
-        if tuning.get("compression_all_levels"):
-            tuning["compression"] = tuning["bottommost_compression"] = tuning.pop("compression_all_levels")
-        tuning.pop("compression_all_levels", None)
+        everywhere = kw.pop("compression_all_levels", None)  # --compression: one codec on every level
+        if everywhere:
+            tuning["compression"] = tuning["bottommost_compression"] = everywhere
         for key in ("compression", "bottommost_compression"):
             if tuning[key] not in _COMPRESSION:
                 raise StoreError(f"{key} {tuning[key]!r} is not one of {', '.join(_COMPRESSION)}")
