@@ -95,9 +95,9 @@ def test_a_slow_append_path_makes_only_appends_invalid(tmp_path):
 
 def test_an_invalid_row_voids_the_reduction_and_says_why(tmp_path):
     wl = tiny_workload()
-    slow = measure_stores(wl, cfg(rate=200.0, store_options={"memory": {"append_delay_ms": 400.0}}),
+    slow = measure_stores(wl, cfg(rate=200.0, window_s=3.0, store_options={"memory": {"append_delay_ms": 150.0}}),
                           ["memory"], str(tmp_path / "slow"))["rows"]["memory"]
-    fast = measure_stores(wl, cfg(rate=200.0), ["memory"], str(tmp_path / "fast"))["rows"]["memory"]
+    fast = measure_stores(wl, cfg(rate=200.0, window_s=3.0), ["memory"], str(tmp_path / "fast"))["rows"]["memory"]
     assert not slow["valid"] and any("append" in r for r in slow["invalid_reasons"])
     assert fast["valid"], fast["invalid_reasons"]
     rows = {"rocksdb_lastn": slow, "rocksdb_packed": fast, "seqvault": fast}

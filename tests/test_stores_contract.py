@@ -9,7 +9,13 @@ import pytest
 
 from seqvault.schema import Field, Schema, SchemaError
 from storagebench.stores import StoreError, open_store, store_names
-from storagebench.stores.text_codec import TextCodecError, decode_text, encode_text
+from storagebench.stores.text_codec import (
+    TextCodecError,
+    decode_text,
+    decode_text_many,
+    encode_text,
+    encode_text_many,
+)
 
 SCHEMA = Schema([Field("item", "uint64"), Field("action", "int8"), Field("dwell", "int32"),
                  Field("ts", "int64")], time_field="ts", name="contract")
@@ -148,3 +154,23 @@ def test_text_codec_matches_a_plain_python_reference():
 def test_text_codec_refuses_malformed_values(bad):
     with pytest.raises(TextCodecError, match="comma-separated"):
         decode_text(bad, SCHEMA)
+
+
+def test_batch_text_codec_equals_the_one_value_codec():
+    # The append path encodes and decodes a whole batch per kernel call; each value must be
+    # byte-for-byte what the one-user codec writes (reads decode one value with it).
+    rng = np.random.default_rng(11)
+    _uids, cols = batch(rng, 400, users=1, t0=-50)
+    offsets = np.array([0, 0, 7, 150, 150, 400], dtype=np.int64)  # users with no events included
+    buf, starts = encode_text_many(offsets, cols, SCHEMA)
+    values = [buf[starts[i]:starts[i + 1]].tobytes() for i in range(5)]
+    for i in range(5):
+        part = {k: v[offsets[i]:offsets[i + 1]] for k, v in cols.items()}
+        assert values[i] == encode_text(part, SCHEMA)
+    back_off, back = decode_text_many([values[0], None, *values[1:]], SCHEMA)
+    assert back_off.tolist() == [0, 0, 0, 7, 150, 150, 400]
+    for k in SCHEMA.names:
+        np.testing.assert_array_equal(back[k], cols[k])
+        assert back[k].dtype == SCHEMA.dtype(k)
+    with pytest.raises(TextCodecError, match="value 1 of the batch"):
+        decode_text_many([values[2], b"1,2,x,4"], SCHEMA)
