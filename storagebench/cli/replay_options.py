@@ -19,8 +19,8 @@ def replay_options(default_out: str) -> Callable:
                           "at --scale."),
         click.option("--scale", type=click.Choice(["small", "medium", "large"]), default="small", show_default=True,
                      help="Workload preset, replay speed and window. small: 4,000 users, 0.2x the trace "
-                          "(~240 ops/s), 10 s warm-up + 30 s window per store (Table 1 with --repeats 3: "
-                          "~12 min on 2 cores / 24 GiB); medium and large are for bigger machines."),
+                          "(~240 ops/s), 25 s warm-up + 25 s window per store (Table 1 with --repeats 3: "
+                          "~13 min on 2 cores / 24 GiB); medium and large are for bigger machines."),
         click.option("--users", type=int, help="Override the preset's number of users."),
         click.option("--seed", type=int, default=0, show_default=True, help="Workload and sampling seed."),
         click.option("--io", type=click.Choice(["direct", "buffered"]), default="direct", show_default=True,
