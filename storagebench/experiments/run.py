@@ -202,6 +202,8 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
     if os.path.exists(store_dir):
         shutil.rmtree(store_dir)
     os.makedirs(store_dir)
+    # Write back what earlier runs left dirty in the page cache now, not inside this run's window.
+    os.sync()
     opts, warnings = store_options(store, cfg, store_dir)
     report = progress or (lambda phase, done, total: None)
     schema = wl.schema

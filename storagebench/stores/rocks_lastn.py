@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -187,7 +188,15 @@ class RocksStoreBase(Store):
     def compact(self) -> dict[str, int]:
         self.flush()
         self._db.compact_range(None, None)
-        return self.disk_bytes()
+        # RocksDB deletes the compacted-away files in the background: measure once they are gone.
+        deadline, last = time.monotonic() + 10.0, self.disk_bytes()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.disk_bytes()
+            if now["total"] == last["total"] and self._db.property_int_value("rocksdb.num-running-compactions") == 0:
+                return now
+            last = now
+        return last
 
     def disk_files(self) -> dict[str, str]:
         out = {}
