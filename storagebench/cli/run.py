@@ -30,6 +30,7 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None
     (HdrHistogram, plus interval logs in OUT/hdr), node CPU over the window, disk sampled every
     second, /proc io, validity per op type. `--store null` measures the harness's own floor.
     """
+    from storagebench.correctness import CorrectnessError
     from storagebench.experiments.table1 import SCALES, measure_stores, render_tables
     from storagebench.results import write_result
     from storagebench.stores import store_names
@@ -50,7 +51,12 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None
     wl = load_workload(workload_dir, scale, users, seed)
     if generator:
         os.sched_setaffinity(0, generator)
-    doc = measure_stores(wl, cfg, stores, out_dir, repeats=repeats, keep_stores=keep_stores, console=console)
+    try:
+        doc = measure_stores(wl, cfg, stores, out_dir, repeats=repeats, keep_stores=keep_stores, console=console)
+    except CorrectnessError as e:
+        console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
+                      f"that returned wrong data)")
+        sys.exit(2)
     write_result(out_dir, "run", doc)
     render_tables(doc, console)
     if doc.get("crosscheck_failed"):

@@ -31,6 +31,7 @@ def table1(workload_dir: str | None, scale: str, users: int | None, seed: int, i
     for reads and appends separately). Writes OUT/table1.json, OUT/table1.csv and OUT/hdr/*.hlog.
     Exits non-zero if the stores disagree on any sequence.
     """
+    from storagebench.correctness import CorrectnessError
     from storagebench.crosscheck import CrossCheckError
     from storagebench.experiments.table1 import SCALES, render_tables, run_table1
 
@@ -50,6 +51,10 @@ def table1(workload_dir: str | None, scale: str, users: int | None, seed: int, i
         doc = run_table1(wl, cfg, out_dir, repeats=repeats, floor=floor, keep_stores=keep_stores, console=console)
     except CrossCheckError as e:
         console.print(f"[red bold]{e}[/red bold]\n(results written to {out_dir} with the mismatch recorded)")
+        sys.exit(2)
+    except CorrectnessError as e:
+        console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
+                      f"that returned wrong data)")
         sys.exit(2)
     render_tables(doc, console)
     console.print(f"results: {os.path.join(out_dir, 'table1.json')}, table1.csv, hdr/")
