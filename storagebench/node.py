@@ -96,6 +96,7 @@ class _Node:
         self.appends: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.connections: list[_Connection] = []
+        self.conn_lock = threading.Lock()
         self.maintain_interval_s = maintain_interval_s
 
     # -- request handling -----------------------------------------------------------------
@@ -154,10 +155,7 @@ class _Node:
         if op == p.WIRE_DICT:
             from storagebench import wire
 
-            if len(payload) < 4:
-                raise p.ProtocolError("a wire_dict payload needs a 4-byte zstd level")
-            (level,) = p._U32.unpack_from(payload, 0)
-            wire.set_node_dictionary(bytes(payload[4:]) or None, level)
+            wire.set_node_dictionary(*p.decode_wire_dict(payload))
             return b""
         if op == p.CONTROL:
             request = p.decode_json(payload)
@@ -258,7 +256,6 @@ class _Node:
 
     def serve(self, listener: socket.socket, parent: Any) -> None:
         """Accept connections, one reader thread each, until the parent closes its pipe."""
-        self.conn_lock = threading.Lock()
         threads = [threading.Thread(target=self.writer, daemon=True, name="node-writer"),
                    threading.Thread(target=self.maintainer, daemon=True, name="node-maintain")]
         for t in threads:
@@ -400,7 +397,7 @@ class NodeClient:
             self.process.join(timeout=10)
             raise NodeError(f"storage node for {store_name!r} exited while starting "
                             f"(exit code {self.process.exitcode}); see its stderr above") from None
-        if status != "ok" and status != "ready":
+        if status != "ready":
             self.process.join(timeout=10)
             raise NodeError(f"storage node could not open store {store_name!r} at {path}:\n{detail}")
         self.address: str = detail
@@ -481,7 +478,7 @@ class NodeClient:
                                            wire.FORMATS.index(fmt), wire.CODECS.index(codec))
         if op == "wire_dict":
             data, level = args
-            return p.WIRE_DICT, p._U32.pack(int(level)) + (data or b"")
+            return p.WIRE_DICT, p.encode_wire_dict(data, level)
         if op in p.CONTROL_OPS:
             return p.CONTROL, p.encode_json({"op": op})
         raise NodeError(f"unknown request {op!r}")

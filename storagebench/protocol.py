@@ -20,7 +20,6 @@ Request payloads (``n`` users, schema fields in schema order, each at its declar
     WIRE_DICT           u32 zstd level, then the dictionary bytes (may be empty)
     CONTROL             UTF-8 JSON {"op": name}: finish_load, flush, maintain, compact, disk_bytes,
                         stats, config (JSON replies only; no arrays travel this way)
-    CLOSE               empty: the node stops after replying
 
 Reply payloads: every reply starts with ``u64 t_start_ns, u64 t_end_ns``, the node's
 ``time.monotonic_ns()`` around the store call (a clock all processes of one Linux host share).
@@ -51,9 +50,9 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHQI")
 TIMES = struct.Struct("<QQ")
 READ_REPLY = struct.Struct("<BBHQIQQQQ")  # header, times and counts of a READ reply in one pack
-HELLO, APPEND, BULK_LOAD, READ, GET, FETCH, WIRE_DICT, CONTROL, CLOSE = range(9)
+HELLO, APPEND, BULK_LOAD, READ, GET, FETCH, WIRE_DICT, CONTROL = range(8)
 OP_NAMES = {HELLO: "hello", APPEND: "append", BULK_LOAD: "bulk_load", READ: "read", GET: "get",
-            FETCH: "fetch", WIRE_DICT: "wire_dict", CONTROL: "control", CLOSE: "close"}
+            FETCH: "fetch", WIRE_DICT: "wire_dict", CONTROL: "control"}
 REPLY = 0x80
 FLAG_FULL = 1
 STATUS_OK, STATUS_ERROR = 0, 1
@@ -147,6 +146,18 @@ def decode_fetch(payload: bytes | bytearray | memoryview) -> tuple[int, int, int
     if not 1 <= last_n <= MAX_LAST_N:
         raise ProtocolError(f"fetch last_n must be in 1..{MAX_LAST_N}, got {last_n}")
     return uid, last_n, fmt, codec
+
+
+def encode_wire_dict(dictionary: bytes | None, level: int) -> bytes:
+    return _U32.pack(int(level)) + (dictionary or b"")
+
+
+def decode_wire_dict(payload: bytes | bytearray | memoryview) -> tuple[bytes | None, int]:
+    """(dictionary bytes or None, zstd level) of a WIRE_DICT payload."""
+    if len(payload) < 4:
+        raise ProtocolError("a wire_dict payload needs a 4-byte zstd level")
+    (level,) = _U32.unpack_from(payload, 0)
+    return bytes(payload[4:]) or None, level
 
 
 def encode_json(obj: Any) -> bytes:

@@ -32,6 +32,12 @@ def user_key(uid: int) -> bytes:
     return int(uid).to_bytes(8, "big")
 
 
+def split_values(buf: np.ndarray, starts: np.ndarray) -> list[bytes]:
+    """One buffer of values back to back (value i at starts[i]:starts[i+1]) -> one bytes per value."""
+    data = buf.tobytes()
+    return [data[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
+
+
 # Option profiles. ``default``: what the first wave ran (LZ4 on every level, 16 KiB blocks).
 # ``tuned``: what a careful operator runs for point reads of multi-KiB values, chosen by the sweep
 # in ``scripts/rocksdb_sweep.py`` (compression x blob x block size; its figures are in the README):
@@ -257,9 +263,7 @@ class RocksLastNStore(RocksStoreBase):
         return decode_text(value, self.schema)
 
     def encode_values(self, users: np.ndarray, offsets: np.ndarray, cols: Mapping[str, np.ndarray]) -> list[bytes]:
-        buf, starts = encode_text_many(offsets, cols, self.schema)
-        data = buf.tobytes()
-        return [data[starts[i]:starts[i + 1]] for i in range(len(users))]
+        return split_values(*encode_text_many(offsets, cols, self.schema))
 
     def decode_values(self, users: np.ndarray, values: list[bytes | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return decode_text_many(values, self.schema)

@@ -13,7 +13,7 @@ import numpy as np
 
 from seqvault.codec import decode_record, decode_records, encode_record, encode_records
 from storagebench.stores.base import register_store
-from storagebench.stores.rocks_lastn import RocksStoreBase, user_key
+from storagebench.stores.rocks_lastn import RocksStoreBase, split_values, user_key
 from storagebench.stores.sequences import pack_csr
 
 
@@ -28,9 +28,7 @@ class RocksPackedStore(RocksStoreBase):
         return decode_record(value, self.schema, expect_user=uid)
 
     def encode_values(self, users: np.ndarray, offsets: np.ndarray, cols: Mapping[str, np.ndarray]) -> list[bytes]:
-        buf, starts = encode_records(users, offsets, dict(cols), self.schema)
-        data = buf.tobytes()
-        return [data[starts[i]:starts[i + 1]] for i in range(len(users))]
+        return split_values(*encode_records(users, offsets, dict(cols), self.schema))
 
     def decode_values(self, users: np.ndarray, values: list[bytes | None]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         found = [i for i, v in enumerate(values) if v is not None]
