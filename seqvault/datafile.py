@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from seqvault.errors import SeqVaultError
+from seqvault.fs import IoGuard
 
 ALIGN = 4096
 # O_DIRECT reads go through a page-aligned bounce buffer kept per thread (a thread runs one read
@@ -45,20 +46,33 @@ class DirectIOUnsupported(SeqVaultError):
 
 
 class DataFile:
-    def __init__(self, directory: Path, file_id: int, size: int, dead_bytes: int = 0,
+    def __init__(self, directory: Path, file_id: int, size: int, io: IoGuard, dead_bytes: int = 0,
                  direct_io: bool = False, create: bool = False) -> None:
         self.file_id = file_id
         self.path = directory / data_file_name(file_id)
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
-        self._fd = os.open(self.path, flags, 0o644)
+        self._io = io
+        fs = io.fs
+        if create:
+            # Ids are reused: a file of this name that is left over (a failed unlink) is referenced
+            # by nothing committed, so it goes; the new one must start empty.
+            if self.path.exists():
+                fs.unlink(self.path)
+            self._fd = fs.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                io.fsync_dir()  # its directory entry is durable before any commit refers to it
+            except BaseException:
+                fs.close(self._fd)
+                raise
+        else:
+            self._fd = fs.open(self.path, os.O_RDWR, 0o644)
         self.size = size  # committed + appended bytes; anything beyond was never published
         self.dead_bytes = dead_bytes
         self._direct_fd = -1
         if direct_io:
             try:
-                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                self._direct_fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECT)
             except OSError as e:
-                os.close(self._fd)
+                fs.close(self._fd)
                 if e.errno == errno.EINVAL:
                     raise DirectIOUnsupported(
                         f"the filesystem holding {self.path} refuses O_DIRECT (tmpfs does); "
@@ -84,9 +98,9 @@ class DataFile:
         """Take the file out of service; it closes once no reader holds it."""
         if unlink:
             try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+                self._io.fs.unlink(self.path)
+            except OSError:
+                pass  # unreferenced by any commit: the next open removes it
         with self._lock:
             self._retired = True
             if self._refs == 0:
@@ -95,7 +109,7 @@ class DataFile:
     def _close_fds(self) -> None:
         for fd in (self._fd, self._direct_fd):
             if fd >= 0:
-                os.close(fd)
+                self._io.fs.close(fd)
         self._fd = self._direct_fd = -1
 
     # -- writing (one writer) -----------------------------------------------------------------
@@ -103,17 +117,16 @@ class DataFile:
         """Write at the end; returns the offset. Not durable until :meth:`sync`."""
         offset = self.size
         view = memoryview(buf).cast("B")
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], offset + done)
+        self._io.pwrite_all(self._fd, view, offset)
         self.size += len(view)
         return offset
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        self._io.fsync(self._fd, self.path.name)
 
     def truncate_to(self, size: int) -> None:
-        os.ftruncate(self._fd, size)
+        """Cut the file to ``size`` (bytes past it were never committed); fail-stop if that fails."""
+        self._io.truncate_back(self._fd, size, self.path.name)
         self.size = size
 
     @property
@@ -134,7 +147,7 @@ class DataFile:
             end = -(-(offset + length) // ALIGN) * ALIGN
             bounce = _bounce_buffer(end - start)
             with memoryview(bounce) as whole, whole[:end - start] as aligned:
-                got = os.preadv(self._direct_fd, [aligned], start)
+                got = self._io.fs.preadv(self._direct_fd, [aligned], start)
                 if got < offset + length - start:
                     raise SeqVaultError(f"short read from {self.path} at offset {offset}: the file ends early")
                 out[:] = np.frombuffer(aligned, np.uint8, length, offset - start)
@@ -143,7 +156,7 @@ class DataFile:
         # preallocated buffer per batch). A long-lived mmap per file measured no faster end to end
         # (get / get_many of 256 users within noise, ~0.5 us per warm record copy saved) and would
         # need remapping as files grow and care not to touch pages a failed merge truncates.
-        got = os.preadv(self._fd, [out], offset)
+        got = self._io.fs.preadv(self._fd, [out], offset)
         if got < length:
             raise SeqVaultError(f"short read from {self.path} at offset {offset}: wanted {length} bytes, "
                                 f"got {got}; the file ends early")

@@ -2,34 +2,36 @@
 
 Reads are one hash lookup and one ``pread`` per user, merged with the in-memory update buffer.
 Writes go to the WAL and the buffer; :mod:`seqvault.jobs` folds the buffer into new records
-(sequence-level merge) and copies live records out of mostly-dead files (reclamation).
+(sequence-level merge) and copies live records out of mostly-dead files (reclamation). The
+store's state and its committer live in :mod:`seqvault.state`; this class is the public face.
 
-Locks, outermost first: ``_job_lock`` (merges, reclamation, bulk loads, deletes: anything that
-changes the index), ``_append_lock`` (a WAL write and its buffer insert happen together, so a
-buffer swap and WAL rotation can never split them), ``_state_lock`` (held only briefly: readers
-snapshot index entries and buffer views under it, jobs publish under it).
+Failure paths: appends are copied on entry (a caller may reuse its arrays at once); a failed
+fsync fail-stops the store (:class:`~seqvault.fs.StoreFailedError` on every later write, reopen
+to recover); a full buffer that merges do not drain blocks appends for a bounded time, then
+raises :class:`~seqvault.state.BackpressureError`; ``close()`` waits for reads in flight.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-from seqvault import recovery
-from seqvault.buffer import BufferView, UpdateBuffer
-from seqvault.codec import decode_record, decode_records
-from seqvault.datafile import DataFile
-from seqvault.errors import CorruptionError, SeqVaultError
+from seqvault import jobs, records, recovery
+from seqvault.errors import SeqVaultError
+from seqvault.fs import OS, FileSystem, IoGuard
 from seqvault.index import HashIndex
+from seqvault.killpoints import kill_point
 from seqvault.manifest import Manifest, read_snapshot
 from seqvault.policy import MergePolicy
 from seqvault.schema import USER_ID_DTYPE, Schema, SchemaError, _cast_integer
 from seqvault.seqmerge import csr_concat_groups, csr_take, newest_per_group, overlay_buffered
+from seqvault.state import StoreState
 from seqvault.wal import (
     KIND_APPEND,
     KIND_DELETE,
@@ -50,64 +52,76 @@ class SeqVault:
     # -- opening and closing ------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike, schema: Schema | None = None, max_len: int | None = None, *,
-             direct_io: bool = False, merge_policy: MergePolicy | None = None, create: bool = True) -> SeqVault:
+             direct_io: bool = False, merge_policy: MergePolicy | None = None, create: bool = True,
+             salvage: bool = False, fs: FileSystem | None = None) -> SeqVault:
         """Create a store at ``path`` (needs ``schema``) or reopen one (schema read from its manifest).
 
         ``max_len`` defaults to 1000 on create; on reopen a given value must match the stored one.
+        A WAL damaged in the middle (not just torn at its end by a crash) refuses to open;
+        ``salvage=True`` keeps every intact record, merges them at once (so the damaged segments
+        go) and reports what was dropped in :attr:`recovery_report`. ``fs`` is the I/O seam
+        (tests and ``seqvault crashtest`` pass a simulated disk).
         """
         directory = Path(path)
+        fs = fs or OS
         must_create = recovery.prepare_directory(directory, schema, max_len, create)
-        lock_fd = recovery.lock_store(directory)
+        lock_fd = recovery.lock_store(directory, fs)
         try:
             return cls(directory, lock_fd, schema, max_len, must_create, direct_io,
-                       merge_policy or MergePolicy())
+                       merge_policy or MergePolicy(), salvage, fs)
         except BaseException:
-            recovery.unlock_store(lock_fd)
+            recovery.unlock_store(lock_fd, fs)
             raise
 
     def __init__(self, directory: Path, lock_fd: int, schema: Schema | None, max_len: int | None,
-                 create: bool, direct_io: bool, policy: MergePolicy) -> None:
+                 create: bool, direct_io: bool, policy: MergePolicy, salvage: bool, fs: FileSystem) -> None:
         self.directory = directory
         self.direct_io = direct_io
         self.policy = policy
+        self._fs = fs
+        self._io = IoGuard(fs, directory)
         self._lock_fd = lock_fd
-        self._job_lock = threading.RLock()
-        self._append_lock = threading.Lock()
-        self._state_lock = threading.Lock()
         self._closed = False
+        self._gate = threading.Condition()  # counts reads in flight, so close() can wait for them
+        self._readers = 0
         self.background_error: BaseException | None = None
         if create:
             assert schema is not None
             manifest = recovery.initial_manifest(schema, max_len or DEFAULT_MAX_LEN)
-            manifest.write(directory)
+            manifest.write(directory, self._io)
         else:
             manifest = Manifest.load(directory)
             schema = recovery.check_reopen(manifest, directory, schema, max_len)
         self.schema: Schema = schema
         self.max_len: int = manifest.max_len
-        self.manifest = manifest
-        self.index = HashIndex()
+        index = HashIndex()
+        snapshot_bytes = 0
         if manifest.index_file:
-            snap = read_snapshot(directory / manifest.index_file)
+            snap = read_snapshot(directory / manifest.index_file, self._io)
+            snapshot_bytes = (directory / manifest.index_file).stat().st_size
             # Packed as from_entries packs (<= 32 B/user); 2x the users would cost 52 B/user.
-            self.index = HashIndex.for_users(len(snap["user_id"]))
-            self.index.upsert(snap["user_id"], snap["file_id"], snap["offset"], snap["length"],
-                              snap["count"], snap["checksum"])
-        self.files: dict[int, DataFile] = recovery.open_data_files(directory, manifest, direct_io)
-        self.active = UpdateBuffer(self.schema)
-        self.frozen: UpdateBuffer | None = None  # the buffer a running (or failed) merge consumes
-        self._frozen_until = manifest.wal_start  # first WAL segment not covered by ``frozen``
+            index = HashIndex.for_users(len(snap["user_id"]))
+            index.upsert(snap["user_id"], snap["file_id"], snap["offset"], snap["length"],
+                         snap["count"], snap["checksum"])
+        files = recovery.open_data_files(directory, manifest, direct_io, self._io)
+        st = self._state = StoreState(directory, schema, policy, self._io, manifest, index, files, direct_io)
+        st.snapshot_bytes = snapshot_bytes
         try:
-            wal_state = recovery.recover_wal(directory, manifest)
+            wal_state = recovery.recover_wal(directory, manifest, self._io, salvage=salvage)
             self.recovery_note = wal_state.cut
+            self.recovery_report = wal_state.report()
             for kind, payload in iter_records(wal_state.scans):
                 if kind == KIND_APPEND:
-                    self.active.add(*decode_append(payload, self.schema))
+                    st.active.add(*decode_append(payload, self.schema))
                 elif kind == KIND_DELETE:
                     self._apply_delete(decode_delete(payload))
-            self.wal = WriteAheadLog(directory, wal_state.last_segment)
+            st.wal = WriteAheadLog(directory, wal_state.last_segment, self._io, first_segment=manifest.wal_start)
+            if salvage and wal_state.dropped:
+                jobs.merge(st)  # commit what was kept, so the damaged segments are never read again
         except BaseException:
-            for f in self.files.values():
+            if st.wal is not None:
+                st.wal.close(sync=False)
+            for f in st.files.values():
                 f.retire(unlink=False)
             raise
         self._stop = threading.Event()
@@ -116,28 +130,62 @@ class SeqVault:
             self._thread = threading.Thread(target=self._background_loop, name="seqvault-maintain", daemon=True)
             self._thread.start()
 
+    # Read-only views of the state (tests and tools look at them; nothing outside writes them).
+    @property
+    def wal(self) -> WriteAheadLog:
+        return self._state.wal
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._state.manifest
+
+    @property
+    def index(self) -> HashIndex:
+        return self._state.index
+
+    @property
+    def active(self) -> object:
+        return self._state.active
+
+    @property
+    def failure(self) -> str | None:
+        """Why the store fail-stopped (None while it accepts writes)."""
+        return self._io.failure
+
     def close(self) -> None:
-        """Stop background work, fsync the WAL, release the store. Buffered events stay in the WAL."""
-        if self._closed:
+        """Stop background work, wait for reads in flight, fsync the WAL, release the store.
+
+        Buffered events stay in the WAL. After a fail-stop the WAL is closed without an fsync
+        (nothing would make it trustworthy); reopen to recover.
+        """
+        if not self._begin_close():
             return
-        self._stop_background()
-        with self._job_lock:
-            self.wal.close(sync=True)
-            self._release()
+        with self._state.job_lock:
+            try:
+                self._state.wal.close(sync=True)
+            finally:
+                self._release()
 
     def _abandon(self) -> None:
         """Drop the instance as a crash would (no fsync, no merge); for tests of recovery."""
-        if self._closed:
+        if not self._begin_close():
             return
-        self._stop_background()
-        self.wal.close(sync=False)
+        self._state.wal.close(sync=False)
         self._release()
 
+    def _begin_close(self) -> bool:
+        with self._gate:
+            if self._closed:
+                return False
+            self._closed = True
+            self._gate.wait_for(lambda: self._readers == 0)
+        self._stop_background()
+        return True
+
     def _release(self) -> None:
-        for f in self.files.values():
+        for f in self._state.files.values():
             f.retire(unlink=False)
-        recovery.unlock_store(self._lock_fd)
-        self._closed = True
+        recovery.unlock_store(self._lock_fd, self._fs)
 
     def __enter__(self) -> SeqVault:
         return self
@@ -150,26 +198,43 @@ class SeqVault:
         if self._closed:
             raise SeqVaultError(f"the store at {self.directory} is closed; reopen it with SeqVault.open")
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._gate:
+            self._check_open()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._gate.notify_all()
+
     # -- writing ------------------------------------------------------------------------------
     def append(self, user_ids: np.ndarray | Sequence[int], columns: Mapping[str, np.ndarray | Sequence[int]],
                sync: bool = False) -> None:
         """Add a batch of events for any users. Validated first: a bad batch writes nothing.
 
-        With ``sync=True`` this returns only after the WAL record is fsynced (concurrent syncing
+        The arrays are copied: the caller may reuse them as soon as this returns. With
+        ``sync=True`` this returns only after the WAL record is fsynced (concurrent syncing
         callers share fsyncs); otherwise it is in the OS page cache, safe against a process crash.
+        Blocks (at most ``policy.stall_timeout_s``) while the buffer holds
+        ``policy.stall_buffer_events`` events, then raises BackpressureError.
         """
         self._check_open()
-        uids, cols = self.schema.validate(as_user_ids(user_ids), columns)
+        uids, cols = _owned(*self.schema.validate(as_user_ids(user_ids), columns))
         if len(uids) == 0:
             return
-        uids = np.ascontiguousarray(uids)
-        cols = {k: np.ascontiguousarray(v) for k, v in cols.items()}
-        with self._append_lock:
+        st = self._state
+        if st.buffered_events() >= self.policy.stall_events:
+            st.wait_for_room(self.policy.stall_events, self.policy.stall_timeout_s, self.background_error)
+        with st.append_lock:
             self._check_open()
-            lsn = self.wal.append(KIND_APPEND, encode_append(uids, cols, self.schema))
-            self.active.add(uids, cols)
+            lsn = st.wal.append(KIND_APPEND, encode_append(uids, cols, self.schema))
+            st.active.add(uids, cols)
         if sync:
-            self.wal.sync(lsn)
+            st.wal.sync(lsn)
 
     def delete(self, user_ids: np.ndarray | Sequence[int], sync: bool = True) -> None:
         """Remove users entirely (privacy requests). Durable (fsynced) on return unless ``sync=False``."""
@@ -177,29 +242,32 @@ class SeqVault:
         uids = np.unique(as_user_ids(user_ids))
         if len(uids) == 0:
             return
-        with self._job_lock, self._append_lock:
+        st = self._state
+        with st.job_lock, st.append_lock:
             self._check_open()
-            lsn = self.wal.append(KIND_DELETE, encode_delete(uids))
-            with self._state_lock:
-                self._apply_delete(uids)
+            lsn = st.wal.append(KIND_DELETE, encode_delete(uids))
+            kill_point("delete.after_log")
+            self._apply_delete(uids)
         if sync:
-            self.wal.sync(lsn)
+            st.wal.sync(lsn)
 
     def _apply_delete(self, uids: np.ndarray) -> None:
-        entries = self.index.lookup(uids)
-        found = np.asarray(entries.found, bool)
-        for fid, length in zip(np.asarray(entries.file_id)[found], np.asarray(entries.length)[found],
-                               strict=True):
-            self.files[int(fid)].dead_bytes += int(length)
-        self.index.delete(uids)
-        self.active.remove_users(uids)
-        if self.frozen is not None:
-            self.frozen.remove_users(uids)
+        st = self._state
+        with st.state_lock:
+            entries = st.index.lookup(uids)
+            found = np.asarray(entries.found, bool)
+            for fid, length in zip(np.asarray(entries.file_id)[found], np.asarray(entries.length)[found],
+                                   strict=True):
+                st.files[int(fid)].dead_bytes += int(length)
+            st.index.delete(uids)
+            st.active.remove_users(uids)
+            if st.frozen is not None:
+                st.frozen.remove_users(uids)
 
     def flush(self) -> None:
         """Make every acknowledged append and delete durable (fsync the WAL)."""
         self._check_open()
-        self.wal.sync()
+        self._state.wal.sync()
 
     # -- reading ------------------------------------------------------------------------------
     def _read_fields(self, fields: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -214,32 +282,30 @@ class SeqVault:
             raise SeqVaultError(f"last_n must be >= 0, got {last_n}")
         return min(int(last_n), self.max_len)
 
-    def _views(self) -> list[BufferView]:
-        return [b.view() for b in (self.frozen, self.active) if b is not None and b.events]
-
     def get(self, user_id: int, last_n: int | None = None, fields: Sequence[str] | None = None
             ) -> dict[str, np.ndarray]:
         """One user's newest events (at most ``last_n``), oldest first, as field name -> array."""
-        self._check_open()
+        with self._reading():
+            return self._get(user_id, last_n, fields)
+
+    def _get(self, user_id: int, last_n: int | None, fields: Sequence[str] | None) -> dict[str, np.ndarray]:
         want, need = self._read_fields(fields)
         keep = self._keep(last_n)
         uid = int(as_user_ids([user_id])[0])
-        with self._state_lock:
-            entry = self.index.get(uid)
-            dfile = self.files[int(entry.file_id)] if entry is not None else None
+        st = self._state
+        with st.state_lock:
+            entry = st.index.get(uid)
+            dfile = st.files[int(entry.file_id)] if entry is not None else None
             if dfile is not None:
                 dfile.acquire()
-            views = self._views()
+            views = st.views()
         disk = None
-        if dfile is not None and keep > 0:
+        if dfile is not None:
             try:
-                raw = dfile.read(int(entry.offset), int(entry.length))
+                if keep > 0:
+                    disk = records.read_one(dfile, entry, self.schema, need, keep)
             finally:
                 dfile.release()
-            disk = decode_record(raw, self.schema, fields=need, last_n=keep, path=str(dfile.path),
-                                 offset=int(entry.offset), expect_user=uid)
-        elif dfile is not None:
-            dfile.release()
         if keep == 0:
             return self.schema.empty_columns(want)
         probe = np.asarray([uid], dtype=np.uint64)
@@ -256,32 +322,34 @@ class SeqVault:
     def get_many(self, user_ids: np.ndarray | Sequence[int], last_n: int | None = None,
                  fields: Sequence[str] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Many users at once, as CSR: user i's events are ``cols[f][offsets[i]:offsets[i + 1]]``."""
-        self._check_open()
+        with self._reading():
+            return self._get_many(as_user_ids(user_ids), last_n, fields)
+
+    def _get_many(self, uids: np.ndarray, last_n: int | None, fields: Sequence[str] | None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         want, need = self._read_fields(fields)
         keep = self._keep(last_n)
-        uids = as_user_ids(user_ids)
         # One user (a ranking request): get's scalar path skips the batch machinery (~3x faster).
         if len(uids) == 1 and (fields is None or len(fields)):
-            one = self.get(int(uids[0]), last_n, fields)
+            one = self._get(int(uids[0]), last_n, fields)
             return np.array([0, len(next(iter(one.values())))], np.int64), one
         order = np.argsort(uids, kind="stable")
         sorted_uids = uids[order]
         if len(uids) > 1 and (sorted_uids[1:] == sorted_uids[:-1]).any():
             uniq, inverse = np.unique(uids, return_inverse=True)
-            offsets, cols = self.get_many(uniq, last_n, fields)
+            offsets, cols = self._get_many(uniq, last_n, fields)
             return csr_take(offsets, cols, inverse.ravel())
         n = len(uids)
-        with self._state_lock:
-            entries = self.index.lookup(uids)
+        st = self._state
+        with st.state_lock:
+            entries = st.index.lookup(uids)
             found = np.flatnonzero(np.asarray(entries.found, bool))
-            file_ids = np.asarray(entries.file_id)[found]
-            held = {int(f): self.files[int(f)] for f in np.unique(file_ids)}
+            held = {int(f): st.files[int(f)] for f in np.unique(np.asarray(entries.file_id)[found])}
             for f in held.values():
                 f.acquire()
-            views = self._views()
+            views = st.views()
         try:
-            disk_offsets, disk_cols = self._read_records(
-                held, file_ids, np.asarray(entries.offset)[found], np.asarray(entries.length)[found], need, keep)
+            disk_offsets, disk_cols = records.read_records(held, entries, found, self.schema, need, keep)
         finally:
             for f in held.values():
                 f.release()
@@ -302,64 +370,46 @@ class SeqVault:
         offsets, merged = overlay_buffered(n, offsets, disk_cols, groups, extra, self.schema.time_field, keep)
         return offsets, {k: merged[k] for k in want}
 
-    def _read_records(self, held: dict[int, DataFile], file_ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                      fields: list[str], keep: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Read records (one pread each) into one buffer and decode them with one batch call."""
-        rec_offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=rec_offsets[1:])
-        if keep == 0 or len(lengths) == 0:
-            return np.zeros(len(lengths) + 1, np.int64), self.schema.empty_columns(fields)
-        buf = np.empty(int(rec_offsets[-1]), np.uint8)
-        for i in range(len(lengths)):
-            held[int(file_ids[i])].read_into(buf[rec_offsets[i]:rec_offsets[i + 1]], int(offsets[i]))
-        try:
-            # decode_records takes each record's start offset (n entries, not n + 1).
-            return decode_records(buf, rec_offsets[:-1], self.schema, fields=fields, last_n=keep)
-        except CorruptionError:
-            # Name the file and file offset of the first bad record, not a position in our buffer.
-            for i in range(len(lengths)):
-                f = held[int(file_ids[i])]
-                decode_record(buf[rec_offsets[i]:rec_offsets[i + 1]], self.schema, fields=fields,
-                              last_n=keep, path=str(f.path), offset=int(offsets[i]))
-            raise
-
     # -- jobs (see seqvault.jobs) -------------------------------------------------------------
     def merge(self) -> int:
         """Fold every buffered event into new on-disk records now; returns how many users were merged."""
-        from seqvault import jobs
-        self._check_open()
-        return jobs.merge(self)
+        self._check_writable()
+        return jobs.merge(self._state)
 
     def reclaim(self, live_fraction: float | None = None) -> int:
         """Copy live records out of files whose live fraction is below the threshold; returns files freed."""
-        from seqvault import jobs
-        self._check_open()
-        return jobs.reclaim(self, self.policy.reclaim_live_fraction if live_fraction is None else live_fraction)
+        self._check_writable()
+        return jobs.reclaim(self._state, self.policy.reclaim_live_fraction if live_fraction is None else live_fraction)
 
     def bulk_load(self, user_ids: np.ndarray | Sequence[int],
                   columns: Mapping[str, np.ndarray | Sequence[int]]) -> int:
         """Backfill: write records straight to data files (no WAL), keeping each user's newest
-        ``max_len`` merged with what is stored; durable on return. Returns users written."""
-        from seqvault import jobs
-        self._check_open()
-        uids, cols = self.schema.validate(as_user_ids(user_ids), columns)
-        return jobs.bulk_load(self, uids, cols)
+        ``max_len`` merged with what is stored; durable on return, all or nothing (a load that
+        raises stored none of it, so a retry stores it once). Returns users written."""
+        self._check_writable()
+        uids, cols = _owned(*self.schema.validate(as_user_ids(user_ids), columns))
+        return jobs.bulk_load(self._state, uids, cols)
 
     def merge_pending(self) -> int:
         """Users with buffered (not yet merged) events."""
-        views = self._views()
+        views = self._state.views()
         if not views:
             return 0
         return len(np.unique(np.concatenate([v.users() for v in views])))
 
     def maintain(self) -> bool:
         """Run the merge / reclamation policy once if due; returns whether it did any work."""
-        from seqvault import jobs
+        self._check_writable()
+        return jobs.maintain(self._state)
+
+    def _check_writable(self) -> None:
         self._check_open()
-        return jobs.maintain(self)
+        self._io.check_writable()
 
     def _background_loop(self) -> None:
         while not self._stop.wait(self.policy.interval_s):
+            if self._io.failure is not None:
+                return  # fail-stopped: nothing more may be written
             try:
                 self.maintain()
             except Exception as e:  # keep serving reads and appends; surface it in stats and the log
@@ -375,30 +425,28 @@ class SeqVault:
     # -- accounting ---------------------------------------------------------------------------
     def disk_bytes(self) -> int:
         """Bytes on disk: data files + WAL segments + index snapshot."""
-        s = self._disk_parts()
-        return s["data_bytes"] + s["wal_bytes"] + s["index_snapshot_bytes"]
-
-    def _disk_parts(self) -> dict[str, int]:
-        data = sum(f.size for f in self.files.values())
-        wal = sum(p.stat().st_size for p in self.directory.glob("wal-*.log"))
-        snap = self.manifest.index_file
-        snap_bytes = (self.directory / snap).stat().st_size if snap else 0
-        return {"data_bytes": data, "wal_bytes": wal, "index_snapshot_bytes": snap_bytes}
+        return sum(self._state.disk_parts().values())
 
     def stats(self) -> dict:
-        """Plain-dict (JSON-serialisable) figures about the store."""
+        """Plain-dict (JSON-serialisable) figures about the store.
+
+        Read from what the store tracks in memory (never by listing the directory), so it is safe
+        to call while merges delete files.
+        """
         self._check_open()
-        with self._state_lock:
-            entries = self.index.entries()
-            views = self._views()
-            index_bytes = int(self.index.nbytes)
-            buffer_bytes = self.active.nbytes + (self.frozen.nbytes if self.frozen else 0)
+        st = self._state
+        with st.state_lock:
+            entries = st.index.entries()
+            views = st.views()
+            index_bytes = int(st.index.nbytes)
+            buffer_bytes = st.active.nbytes + (st.frozen.nbytes if st.frozen else 0)
+            files = list(st.files.values())
+            m = st.manifest
         buffered_users = [v.users() for v in views]
         users = np.union1d(np.asarray(entries.user_id), np.concatenate(buffered_users)) if buffered_users \
             else np.asarray(entries.user_id)
         buffered = sum(v.events for v in views)
-        parts = self._disk_parts()
-        m = self.manifest
+        parts = st.disk_parts()
         return {
             "users": len(users),
             "events": int(np.asarray(entries.count).sum()) + buffered,  # buffered: before truncation
@@ -413,15 +461,21 @@ class SeqVault:
             "merges": m.merges,
             "merged_users": m.merged_users,
             "reclaimed_files": m.reclaimed_files,
-            "dead_bytes": sum(f.dead_bytes for f in self.files.values()),
-            "data_files": len(self.files),
+            "dead_bytes": sum(f.dead_bytes for f in files),
+            "data_files": len(files),
             "max_len": self.max_len,
             "direct_io": self.direct_io,
             "background_error": repr(self.background_error) if self.background_error else None,
+            "failure": self._io.failure,
         }
 
     def __repr__(self) -> str:
         return f"SeqVault({str(self.directory)!r}, {self.schema!r}, max_len={self.max_len})"
+
+
+def _owned(uids: np.ndarray, columns: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Private contiguous copies: the store keeps them (buffer, WAL replay), the caller keeps its own."""
+    return np.array(uids, copy=True, order="C"), {k: np.array(v, copy=True, order="C") for k, v in columns.items()}
 
 
 def as_user_ids(user_ids: np.ndarray | Sequence[int]) -> np.ndarray:

@@ -11,13 +11,14 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from seqvault.errors import CorruptionError
-from seqvault.wal import fsync_dir
+from seqvault.fs import IoGuard
 
 MANIFEST_NAME = "MANIFEST"
 FORMAT_NAME = "seqvault"
@@ -74,32 +75,41 @@ class Manifest:
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptionError(f"manifest is unreadable ({e}); restore it from a backup", path=str(path)) from e
 
-    def write(self, directory: Path) -> None:
-        write_atomic(directory / MANIFEST_NAME, self.to_json().encode())
+    def write(self, directory: Path, io: IoGuard, before_rename: Callable[[], None] | None = None) -> None:
+        write_atomic(directory / MANIFEST_NAME, self.to_json().encode(), io, before_rename)
 
 
-def write_atomic(path: Path, data: bytes | list) -> None:
+def write_atomic(path: Path, data: bytes | list, io: IoGuard, before_rename: Callable[[], None] | None = None
+                 ) -> None:
+    """temp file, fsync, rename over ``path``, fsync the directory.
+
+    Until the rename nothing changed; from the rename on, a failure leaves it unknown which
+    version a crash would keep, so the store fail-stops rather than guess.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fs = io.fs
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         parts = data if isinstance(data, list) else [data]
         for part in parts:
-            view = memoryview(part).cast("B")
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
-        os.fsync(fd)
+            io.write_all(fd, memoryview(part).cast("B"))
+        io.fsync(fd, tmp.name)
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        fs.close(fd)
+    if before_rename is not None:
+        before_rename()
+    try:
+        fs.replace(tmp, path)
+    except OSError as e:
+        raise io.fail(f"renaming {tmp.name} over {path.name} failed: {e}") from e
+    io.fsync_dir(path.parent)
 
 
 def snapshot_name(generation: int) -> str:
     return f"index-{generation:08d}.snap"
 
 
-def write_snapshot(path: Path, arrays: dict[str, np.ndarray]) -> int:
+def write_snapshot(path: Path, arrays: dict[str, np.ndarray], io: IoGuard) -> int:
     """Write index entries (dict of equal-length arrays) with a crc; returns the file size."""
     n = len(arrays["user_id"])
     header = _SNAP_HEADER.pack(_SNAP_MAGIC, FORMAT_VERSION, n)
@@ -110,12 +120,12 @@ def write_snapshot(path: Path, arrays: dict[str, np.ndarray]) -> int:
         parts.append(col)
         crc = zlib.crc32(memoryview(col).cast("B"), crc)
     parts.append(struct.pack("<I", crc))
-    write_atomic(path, parts)
-    return path.stat().st_size
+    write_atomic(path, parts, io)
+    return _SNAP_HEADER.size + n * sum(np.dtype(d).itemsize for _, d in SNAPSHOT_COLUMNS) + 4
 
 
-def read_snapshot(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
+def read_snapshot(path: Path, io: IoGuard | None = None) -> dict[str, np.ndarray]:
+    data = io.fs.read_file(path) if io is not None else path.read_bytes()
     if len(data) < _SNAP_HEADER.size + 4:
         raise CorruptionError("index snapshot is truncated", path=str(path))
     magic, version, n = _SNAP_HEADER.unpack_from(data, 0)

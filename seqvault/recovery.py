@@ -3,6 +3,11 @@
 Anything a crash may have left half-made is undone here: data-file bytes past the committed size,
 data files and index snapshots no manifest refers to, temp files, WAL segments the commit covers,
 and a torn WAL tail (cut at the first record whose checksum fails, never applied half).
+
+Damage in the WAL with intact records after it is not what a crash leaves (closed segments were
+fsynced whole, and a crash tears only the end of the newest one): it refuses to open, naming the
+segment and offset, unless the caller passes ``salvage=True``, which keeps every intact record and
+reports each stretch it dropped.
 """
 
 from __future__ import annotations
@@ -10,28 +15,29 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqvault.datafile import DataFile, data_file_name
 from seqvault.errors import CorruptionError, SeqVaultError
+from seqvault.fs import FileSystem, IoGuard
 from seqvault.manifest import MANIFEST_NAME, Manifest
 from seqvault.schema import Schema
-from seqvault.wal import SegmentScan, fsync_dir, list_segments, scan_segment, segment_name
+from seqvault.wal import SegmentScan, list_segments, scan_segment, segment_name
 
 log = logging.getLogger("seqvault")
 LOCK_NAME = "LOCK"
 _LEFTOVERS_OK_WITHOUT_MANIFEST = {LOCK_NAME, MANIFEST_NAME + ".tmp"}
 
 
-def lock_store(directory: Path) -> int:
+def lock_store(directory: Path, fs: FileSystem) -> int:
     """Take the store's exclusive lock (one writer process); returns the lock file descriptor."""
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = fs.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        fs.close(fd)
         raise SeqVaultError(
             f"{directory} is already open by another SeqVault (process {holder}); "
             "close it there first — only one writer may open a store"
@@ -41,9 +47,11 @@ def lock_store(directory: Path) -> int:
     return fd
 
 
-def unlock_store(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+def unlock_store(fd: int, fs: FileSystem) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        fs.close(fd)
 
 
 def prepare_directory(directory: Path, schema: Schema | None, max_len: int | None, create: bool) -> bool:
@@ -84,7 +92,7 @@ def check_reopen(manifest: Manifest, directory: Path, schema: Schema | None, max
     return stored
 
 
-def open_data_files(directory: Path, manifest: Manifest, direct_io: bool) -> dict[int, DataFile]:
+def open_data_files(directory: Path, manifest: Manifest, direct_io: bool, io: IoGuard) -> dict[int, DataFile]:
     """Open committed data files, cutting uncommitted tails and removing unreferenced files."""
     files: dict[int, DataFile] = {}
     try:
@@ -97,7 +105,7 @@ def open_data_files(directory: Path, manifest: Manifest, direct_io: bool) -> dic
             if actual < state.size:
                 raise CorruptionError(f"data file is shorter ({actual} bytes) than committed ({state.size})",
                                       path=str(path))
-            f = DataFile(directory, file_id, state.size, state.dead_bytes, direct_io=direct_io)
+            f = DataFile(directory, file_id, state.size, io, state.dead_bytes, direct_io=direct_io)
             files[file_id] = f
             if actual > state.size:
                 f.truncate_to(state.size)  # records a crashed merge appended but never published
@@ -112,44 +120,71 @@ def open_data_files(directory: Path, manifest: Manifest, direct_io: bool) -> dic
         stale = (p.name.startswith("data-") and p.name not in keep) or \
                 (p.name.startswith("index-") and p.name not in keep) or p.name.endswith(".tmp")
         if stale:
-            p.unlink()
+            io.fs.unlink(p)
     return files
+
+
+class WalCorruptionError(CorruptionError):
+    """The write-ahead log is damaged in the middle, not just torn at its end."""
 
 
 @dataclass
 class WalRecovery:
     scans: list[SegmentScan]
     last_segment: int
-    cut: str | None  # what was cut, if anything
+    cut: str | None  # what was cut or dropped, if anything (one line)
+    dropped: list[dict] = field(default_factory=list)  # salvage: each damaged stretch skipped
+
+    def report(self) -> dict:
+        return {"cut": self.cut, "dropped": self.dropped,
+                "records_kept": sum(len(s.records) for s in self.scans)}
 
 
-def recover_wal(directory: Path, manifest: Manifest) -> WalRecovery:
-    """Scan the segments the commit does not cover; cut everything after the first bad record."""
-    scans: list[SegmentScan] = []
-    cut = None
+def recover_wal(directory: Path, manifest: Manifest, io: IoGuard, salvage: bool = False) -> WalRecovery:
+    """Scan the segments the commit does not cover; cut a torn tail, refuse (or salvage) mid-log damage."""
+    fs = io.fs
     segments = list_segments(directory)
     for seg in segments:
         if seg < manifest.wal_start:
-            (directory / segment_name(seg)).unlink()
+            fs.unlink(directory / segment_name(seg))
     live = [s for s in segments if s >= manifest.wal_start]
     last = live[-1] if live else manifest.wal_start
-    for i, seg in enumerate(live):
+    scans = [scan_segment(directory / segment_name(seg), salvage=salvage) for seg in live]
+    notes: list[str] = []
+    dropped: list[dict] = []
+    for i, (seg, scan) in enumerate(zip(live, scans, strict=True)):
+        if not scan.torn:
+            continue
         path = directory / segment_name(seg)
-        scan = scan_segment(path)
-        scans.append(scan)
-        if scan.torn:
-            cut = f"{path.name}: {scan.problem}; cut {scan.size - scan.valid_end} bytes"
-            with open(path, "r+b") as fh:
-                fh.truncate(scan.valid_end)
-                os.fsync(fh.fileno())
-            for later in live[i + 1:]:
-                cut += f"; dropped later segment {segment_name(later)}"
-                (directory / segment_name(later)).unlink()
-            last = seg
-            log.warning("seqvault recovery: %s", cut)
-            break
-    fsync_dir(directory)
-    return WalRecovery(scans, last, cut)
+        newest = i == len(live) - 1 and not any(s.records for s in scans[i + 1:])
+        if newest and not scan.intact_after:
+            notes.append(f"{path.name}: {scan.problem}; cut {scan.size - scan.valid_end} bytes (torn tail)")
+            _truncate(fs, path, scan.valid_end)
+            continue
+        if not salvage:
+            raise WalCorruptionError(
+                f"the write-ahead log is damaged in the middle ({scan.problem}); "
+                f"{scan.intact_after or 'later segments hold'} intact record(s) follow, so this is not a torn "
+                "tail from a crash. Nothing was changed. Open with salvage=True (`seqvault recover PATH "
+                "--salvage`) to keep every intact record and drop the damaged bytes, or restore the store",
+                path=str(path), offset=scan.valid_end)
+        for offset, length in scan.dropped or [(scan.valid_end, scan.size - scan.valid_end)]:
+            dropped.append({"segment": path.name, "offset": offset, "bytes": length})
+        notes.append(f"{path.name}: salvaged {len(scan.records)} record(s), dropped "
+                     f"{sum(d['bytes'] for d in dropped if d['segment'] == path.name)} damaged bytes")
+    for note in notes:
+        log.warning("seqvault recovery: %s", note)
+    io.fsync_dir()
+    return WalRecovery(scans, last, "; ".join(notes) or None, dropped)
+
+
+def _truncate(fs: FileSystem, path: Path, size: int) -> None:
+    fd = fs.open(path, os.O_RDWR)
+    try:
+        fs.ftruncate(fd, size)
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
 
 
 def initial_manifest(schema: Schema, max_len: int) -> Manifest:
@@ -157,6 +192,6 @@ def initial_manifest(schema: Schema, max_len: int) -> Manifest:
 
 
 __all__ = [
-    "LOCK_NAME", "WalRecovery", "check_reopen", "initial_manifest", "lock_store", "open_data_files",
+    "LOCK_NAME", "WalCorruptionError", "WalRecovery", "check_reopen", "initial_manifest", "lock_store", "open_data_files",
     "prepare_directory", "recover_wal", "unlock_store",
 ]

@@ -18,6 +18,7 @@ from seqvault.codec import HEADER_SIZE, decode_record, parse_header, record_chec
 from seqvault.datafile import data_file_name
 from seqvault.errors import CorruptionError, SeqVaultError
 from seqvault.manifest import MANIFEST_NAME, Manifest, read_snapshot
+from seqvault.records import entry_problem
 from seqvault.recovery import LOCK_NAME
 from seqvault.schema import Schema
 from seqvault.wal import list_segments, scan_segment, segment_name
@@ -74,15 +75,18 @@ def _verify(directory: Path, progress: Callable[[int, int], None]) -> VerifyRepo
         report.problems.append(Problem("manifest", str(directory / MANIFEST_NAME), str(e)))
         return report
     _verify_records(directory, manifest, schema, report, progress)
-    for seg in list_segments(directory):
-        if seg < manifest.wal_start:
-            continue
+    live = [s for s in list_segments(directory) if s >= manifest.wal_start]
+    for i, seg in enumerate(live):
         scan = scan_segment(directory / segment_name(seg))
         report.wal_records += len(scan.records)
         if scan.torn:
-            report.problems.append(Problem(
-                "wal", str(directory / segment_name(seg)),
-                f"{scan.problem}; {scan.size - scan.valid_end} bytes would be cut on open", scan.valid_end))
+            if i == len(live) - 1 and not scan.intact_after:
+                what = f"torn tail: {scan.size - scan.valid_end} bytes would be cut on open"
+            else:
+                what = ("mid-log damage: the store refuses to open; `seqvault recover PATH --salvage` keeps "
+                        f"the {scan.intact_after} intact record(s) after it")
+            report.problems.append(Problem("wal", str(directory / segment_name(seg)), f"{scan.problem}; {what}",
+                                           scan.valid_end))
     return report
 
 
@@ -116,25 +120,17 @@ def _verify_records(directory: Path, manifest: Manifest, schema: Schema, report:
 def _check_entry(data: np.ndarray, path: Path, schema: Schema, snap: dict, j: int, report: VerifyReport) -> None:
     uid, off, length = int(snap["user_id"][j]), int(snap["offset"][j]), int(snap["length"][j])
     report.records_checked += 1
-    problem = None
     if off + length > len(data):
         problem = f"record runs past the committed end of the file ({len(data)} bytes)"
     else:
         rec = data[off:off + length]
-        try:
-            header = parse_header(rec)
-            if not record_checksum_ok(rec):
-                problem = "record checksum mismatch"
-            elif (header.user_id, header.length, header.count) != (uid, length, int(snap["count"][j])):
-                problem = (f"record header (user {header.user_id}, {header.length} bytes, {header.count} events) "
-                           f"does not match the index ({length} bytes, {int(snap['count'][j])} events)")
-            elif int.from_bytes(rec[-4:].tobytes(), "little") != int(snap["checksum"][j]):
-                problem = "record checksum differs from the one the index recorded"
-            else:
+        problem = entry_problem(rec, uid, length, int(snap["count"][j]), int(snap["checksum"][j]))
+        if problem is None:
+            try:
                 cols = decode_record(rec, schema, path=str(path), offset=off, expect_user=uid)
                 report.events += len(cols[schema.time_field])
-        except CorruptionError as e:
-            problem = str(e)
+            except CorruptionError as e:
+                problem = str(e)
     if problem:
         report.problems.append(Problem("record", str(path), problem, off, uid))
 

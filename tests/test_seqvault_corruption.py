@@ -1,5 +1,6 @@
 """Damaged bytes: a flipped byte in a data file gives CorruptionError naming file, offset and user;
-a flipped byte in the WAL cuts the log at the damaged record; never wrong data. Plus the CLI."""
+a flipped byte at the WAL's end is a torn tail (cut), one in its middle refuses to open unless
+salvaged; never wrong data. Plus the CLI."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from seqvault import CorruptionError, Field, Schema, SeqVault
 from seqvault.cli import main as cli
 from seqvault.datafile import data_file_name
 from seqvault.manifest import MANIFEST_NAME
+from seqvault.recovery import WalCorruptionError
 from seqvault.verify import verify_store
 from seqvault.wal import segment_name
 
@@ -57,30 +59,38 @@ def test_every_flipped_byte_of_a_record_is_caught(tmp_path: Path) -> None:
     assert verify_store(store).ok
 
 
-def wal_store(path: Path) -> tuple[list[int], list[dict[int, list[int]]]]:
-    """Five appends (one a delete) left in the WAL; returns record ends and the state after each."""
-    states: list[dict[int, list[int]]] = [{}]
+WAL_OPS: list = [([1, 2], [5, 6]), ([1], [7]), "delete-2", ([2, 3], [8, 9]), ([1], [10])]
+
+
+def state_of(ops: list) -> dict[int, list[int]]:
+    model: dict[int, list[int]] = {}
+    for op in ops:
+        if op == "delete-2":
+            model.pop(2, None)
+        else:
+            for u, x in zip(*op, strict=True):
+                model.setdefault(u, []).append(x)
+    return model
+
+
+def wal_store(path: Path) -> list[int]:
+    """Five operations (one a delete) left in the WAL; returns where each record ends."""
     ends = []
     with SeqVault.open(path, schema=SCHEMA) as sv:
-        ops = [([1, 2], [5, 6]), ([1], [7]), "delete-2", ([2, 3], [8, 9]), ([1], [10])]
-        model: dict[int, list[int]] = {}
-        for op in ops:
+        for op in WAL_OPS:
             if op == "delete-2":
                 sv.delete([2])
-                model.pop(2, None)
             else:
-                uids, items = op
-                sv.append(uids, {"ts": items, "item": items})
-                for u, x in zip(uids, items, strict=True):
-                    model.setdefault(u, []).append(x)
+                sv.append(op[0], {"ts": op[1], "item": op[1]})
             ends.append(sv.wal.offset)
-            states.append({u: list(v) for u, v in model.items()})
-    return ends, states
+    return ends
 
 
-def test_flipped_wal_byte_cuts_the_log_at_that_record(tmp_path: Path) -> None:
+def test_flipped_wal_byte_torn_tail_is_cut_mid_log_damage_refuses_or_salvages(tmp_path: Path) -> None:
+    """Damage in the last record is a torn tail: cut, the rest kept. Damage with intact records
+    after it refuses to open, naming segment and offset; salvage keeps every intact record."""
     base = tmp_path / "base"
-    ends, states = wal_store(base)
+    ends = wal_store(base)
     seg = segment_name(1)
     starts = [0, *ends[:-1]]
     for pos in range(0, ends[-1], 3):
@@ -89,13 +99,38 @@ def test_flipped_wal_byte_cuts_the_log_at_that_record(tmp_path: Path) -> None:
         flip(store / seg, pos)
         damaged = next(i for i, (s, e) in enumerate(zip(starts, ends, strict=True)) if s <= pos < e)
         assert not verify_store(store).ok
-        with SeqVault.open(store) as sv:
-            got = {u: sv.get(u)["item"].tolist() for u in (1, 2, 3)}
-            assert sv.recovery_note and "cut" in sv.recovery_note
-        want = states[damaged]  # everything before the damaged record, nothing from it or after
+        if damaged == len(WAL_OPS) - 1:
+            with SeqVault.open(store) as sv:
+                got = {u: sv.get(u)["item"].tolist() for u in (1, 2, 3)}
+                assert sv.recovery_note and "torn tail" in sv.recovery_note
+            want = state_of(WAL_OPS[:damaged])
+            assert (store / seg).stat().st_size == starts[damaged]
+        else:
+            with pytest.raises(WalCorruptionError) as err:
+                SeqVault.open(store)
+            assert err.value.path == str(store / seg) and err.value.offset == starts[damaged], f"flip at {pos}"
+            assert "salvage" in str(err.value)
+            with SeqVault.open(store, salvage=True) as sv:
+                got = {u: sv.get(u)["item"].tolist() for u in (1, 2, 3)}
+                assert sv.recovery_report["dropped"] == [
+                    {"segment": seg, "offset": starts[damaged], "bytes": ends[damaged] - starts[damaged]}]
+            want = state_of(WAL_OPS[:damaged] + WAL_OPS[damaged + 1:])
+            with SeqVault.open(store) as sv:  # salvaged for good: a plain open works and agrees
+                assert {u: sv.get(u)["item"].tolist() for u in (1, 2, 3)} == got
         assert got == {u: want.get(u, []) for u in (1, 2, 3)}, f"flip at byte {pos} (record {damaged})"
-        assert (store / seg).stat().st_size == starts[damaged]
         shutil.rmtree(store)
+
+
+def test_damage_in_a_closed_segment_is_never_a_torn_tail(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with SeqVault.open(store, schema=SCHEMA) as sv:
+        sv.append([1], {"ts": [1], "item": [1]})
+        sv.wal.rotate()  # segment 1 is closed (fsynced whole); segment 2 is the newest
+        sv.append([1], {"ts": [2], "item": [2]})
+    path = store / segment_name(1)
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(WalCorruptionError, match=segment_name(1)):
+        SeqVault.open(store)
 
 
 def test_damaged_manifest_or_snapshot_refuses_to_open(tmp_path: Path) -> None:

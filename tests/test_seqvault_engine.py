@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from seqvault import Field, MergePolicy, Schema, SchemaError, SeqVault, SeqVaultError
 from seqvault.buffer import UpdateBuffer
+from seqvault.fs import OS, IoGuard
 from seqvault.seqmerge import _ranges, csr_take, newest_per_group, overlay_buffered
 from seqvault.wal import KIND_APPEND, WriteAheadLog, scan_segment, segment_name
 
@@ -141,7 +142,7 @@ def test_buffer_runs_match_reference(batches: list[tuple[bool, int]], probe: lis
 
 # -- the WAL ------------------------------------------------------------------------------------
 def test_wal_scan_stops_at_torn_record(tmp_path: Path) -> None:
-    wal = WriteAheadLog(tmp_path, 1)
+    wal = WriteAheadLog(tmp_path, 1, IoGuard(OS, tmp_path))
     ends = [wal.append(KIND_APPEND, [bytes([i]) * (10 + i)]) for i in range(5)]
     wal.close()
     path = tmp_path / segment_name(1)
@@ -268,11 +269,11 @@ def test_direct_io_reads_from_many_threads(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(5)
     data = rng.integers(0, 256, 3 * _BOUNCE_KEEP_MAX, dtype=np.uint8)
-    writer = DataFile(tmp_path, 1, 0, create=True)
+    writer = DataFile(tmp_path, 1, 0, IoGuard(OS, tmp_path), create=True)
     writer.append(data)
     writer.sync()
     writer.retire(unlink=False)
-    f = DataFile(tmp_path, 1, len(data), direct_io=True)
+    f = DataFile(tmp_path, 1, len(data), IoGuard(OS, tmp_path), direct_io=True)
     spans = [(int(o), int(n)) for o, n in zip(rng.integers(0, _BOUNCE_KEEP_MAX, 300),
                                                rng.integers(1, 70_000, 300), strict=True)]
     spans += [(123, _BOUNCE_KEEP_MAX + 5000), (0, 1), (4096, 4096), (len(data) - 7, 7)]
