@@ -164,8 +164,9 @@ def recover_wal(directory: Path, manifest: Manifest, io: IoGuard, salvage: bool 
         if not salvage:
             raise WalCorruptionError(
                 f"the write-ahead log is damaged in the middle ({scan.problem}); "
-                f"{scan.intact_after or 'later segments hold'} intact record(s) follow, so this is not a torn "
-                "tail from a crash. Nothing was changed. Open with salvage=True (`seqvault recover PATH "
+                + (f"{scan.intact_after} intact record(s) follow in this segment" if scan.intact_after else
+                   "it is not the newest segment, which was fsynced whole when the log moved on")
+                + ", so this is not a torn tail from a crash. Nothing was changed. Open with salvage=True (`seqvault recover PATH "
                 "--salvage`) to keep every intact record and drop the damaged bytes, or restore the store",
                 path=str(path), offset=scan.valid_end)
         for offset, length in scan.dropped or [(scan.valid_end, scan.size - scan.valid_end)]:
