@@ -51,6 +51,7 @@ CHAIN = 10
 POLICY = MergePolicy(max_buffer_events=120, max_age_s=3600, reclaim_live_fraction=0.6, data_file_bytes=4096,
                      max_wal_bytes=2048)
 MODES = ("kill", "powerloss")
+CHILD_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -230,7 +231,11 @@ def kill_trial(result: CampaignResult, chain: _Chain, rng: random.Random, label:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid, CHILD_TIMEOUT_S)
+    if status is None:
+        result.failures.append(f"{label}: the child hung for {CHILD_TIMEOUT_S:g} s (killed)")
+        result.mismatched_trials += 1
+        status = _wait(pid, None)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
         result.failures.append(f"{label}: the child failed (exit {os.WEXITSTATUS(status)}) before any kill")
@@ -245,6 +250,19 @@ def kill_trial(result: CampaignResult, chain: _Chain, rng: random.Random, label:
     result.acked_ops += len(acks)
     result.kill_trials += 1
     _check(result, chain, last_acked, f"{label} (kill {point or 'random time'} #{nth})")
+
+
+def _wait(pid: int, timeout_s: float | None) -> int | None:
+    """waitpid with a deadline (a hung child fails its trial instead of hanging the campaign)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return None
+        time.sleep(0.002)
 
 
 def powerloss_trial(result: CampaignResult, chain: _Chain, rng: random.Random, label: str,
@@ -281,7 +299,17 @@ def run_campaign(root: str | os.PathLike, trials: int, seed: int, modes: tuple[s
             raise ValueError(f"unknown crash-test mode {m!r}; choose from {', '.join(MODES)}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("seqvault").setLevel(logging.ERROR)  # every torn tail cut is logged: expected here
+    logger = logging.getLogger("seqvault")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # every torn tail cut is logged: expected here
+    try:
+        return _campaign(root, trials, seed, modes, progress, lying_fsync)
+    finally:
+        logger.setLevel(level)
+
+
+def _campaign(root: Path, trials: int, seed: int, modes: tuple[str, ...],
+              progress: Callable[[CampaignResult], None] | None, lying_fsync: tuple[str, ...]) -> CampaignResult:
     _warm_up(root / "warm")
     result = CampaignResult()
     chain = None

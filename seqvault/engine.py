@@ -228,7 +228,7 @@ class SeqVault:
             return
         st = self._state
         if st.buffered_events() >= self.policy.stall_events:
-            st.wait_for_room(self.policy.stall_events, self.policy.stall_timeout_s, self.background_error)
+            st.wait_for_room(self.policy.stall_events, self.policy.stall_timeout_s, lambda: self.background_error)
         with st.append_lock:
             self._check_open()
             lsn = st.wal.append(KIND_APPEND, encode_append(uids, cols, self.schema))

@@ -43,6 +43,7 @@ class _Fault:
     errno: int
     path_contains: str | None
     short: bool
+    repeat: bool
     seen: int = 0
 
 
@@ -96,7 +97,7 @@ class SimulatedDisk(FileSystem):
             if fault.op == op and (fault.path_contains is None or (path is not None and fault.path_contains in
                                                                      path.name)):
                 fault.seen += 1
-                if fault.seen == fault.nth:
+                if fault.seen == fault.nth or (fault.repeat and fault.seen > fault.nth):
                     return fault
         return None
 
@@ -110,9 +111,13 @@ class SimulatedDisk(FileSystem):
 
     # -- controls ---------------------------------------------------------------------------------
     def inject(self, op: str, nth: int = 1, errno: int = errno_mod.EIO, path_contains: str | None = None,
-               short: bool = False) -> None:
-        """Fail the ``nth`` matching call of ``op`` (e.g. "fsync", "writev", "pwrite", "replace")."""
-        self._faults.append(_Fault(op, nth, errno, path_contains, short))
+               short: bool = False, repeat: bool = False) -> None:
+        """Fail the ``nth`` matching call of ``op`` (e.g. "fsync", "writev", "pwrite", "replace"),
+        and with ``repeat`` every matching call after it too; ``short`` writes half instead."""
+        self._faults.append(_Fault(op, nth, errno, path_contains, short, repeat))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
 
     def cut_power_after(self, mutations: int) -> None:
         """The ``mutations``-th mutating call from now raises PowerCut, and so does every call after."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,12 +135,13 @@ class StoreState:
                 return self.wal.rotate()
             return self.manifest.wal_start
 
-    def wait_for_room(self, limit: int, timeout_s: float, last_error: BaseException | None) -> None:
+    def wait_for_room(self, limit: int, timeout_s: float, last_error: Callable[[], BaseException | None]) -> None:
         """Block until fewer than ``limit`` events are buffered, or raise after ``timeout_s``."""
         with self._drained:
             if self._drained.wait_for(lambda: self.buffered_events() < limit, timeout_s):
                 return
-        why = f"; the last merge failed: {last_error!r}" if last_error is not None else ""
+        error = last_error()
+        why = f"; the last merge failed: {error}" if error is not None else ""
         raise BackpressureError(
             f"the update buffer holds {self.buffered_events()} events (limit {limit}) and merges have not "
             f"drained it within {timeout_s:g} s{why}. Run merges (maintain(), or MergePolicy(background=True)), "

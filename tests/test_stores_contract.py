@@ -102,6 +102,31 @@ def test_bulk_load_then_live_appends(name, tmp_path):
             assert rows_of(offsets, got, i) == ref.expect(u, 50)
 
 
+@pytest.mark.parametrize("name", STORES)
+@pytest.mark.parametrize("how", ["append", "bulk_load"])
+def test_the_caller_may_reuse_its_arrays_at_once(name, how, tmp_path):
+    """A binding stores the values it was given, not views of the caller's arrays."""
+    rng = np.random.default_rng(11)
+    uids, cols = batch(rng, 60, users=6, t0=1_000)
+    if how == "bulk_load":
+        order = np.lexsort((cols["ts"], uids))
+        uids, cols = uids[order], {k: v[order] for k, v in cols.items()}
+    ref = Reference(max_len=100)
+    ref.append(uids.copy(), {k: v.copy() for k, v in cols.items()})
+    with _open(name, tmp_path / "s", max_len=100) as store:
+        getattr(store, how)(uids, cols)
+        if how == "bulk_load":
+            store.finish_load()
+        uids += np.uint64(1)  # the caller reuses its buffers for the next batch
+        for v in cols.values():
+            v[:] = 7
+        store.maintain()
+        users = np.array(sorted(ref.rows), dtype=np.uint64)
+        offsets, got = store.get_many(users)
+        for i, u in enumerate(users.tolist()):
+            assert rows_of(offsets, got, i) == ref.expect(u, 100)
+
+
 @pytest.mark.parametrize("name", DISK_STORES)
 def test_data_survives_close_and_reopen(name, tmp_path):
     rng = np.random.default_rng(11)
