@@ -170,3 +170,22 @@ def test_cli_verify_stats_dump(tmp_path: Path) -> None:
     assert r.exit_code == 1 and json.loads(r.output)["problems"][0]["user_id"] == 1
     r = runner.invoke(cli, ["dump", str(store), "1"])
     assert r.exit_code == 2 and "offset 0" in r.output
+
+
+def test_cli_recover_refuses_mid_log_damage_and_salvages_with_the_flag(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    ends = wal_store(store)
+    flip(store / segment_name(1), ends[0] + 2)  # the second of five records
+    runner = CliRunner()
+    r = runner.invoke(cli, ["recover", str(store)])
+    assert r.exit_code == 2 and "damaged in the middle" in r.output and "--salvage" in r.output
+    r = runner.invoke(cli, ["verify", str(store)])
+    assert r.exit_code == 1 and "mid-log damage" in r.output
+    r = runner.invoke(cli, ["recover", str(store), "--salvage"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    assert report["dropped"] == [{"segment": segment_name(1), "offset": ends[0], "bytes": ends[1] - ends[0]}]
+    assert report["records_kept"] == 4
+    assert runner.invoke(cli, ["verify", str(store)]).exit_code == 0
+    with SeqVault.open(store) as sv:
+        assert sv.get(1)["item"].tolist() == [5, 10]
