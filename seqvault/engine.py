@@ -18,11 +18,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 
 import numpy as np
 
 from seqvault import jobs, records, recovery
+from seqvault.datafile import DataFile
 from seqvault.errors import SeqVaultError
 from seqvault.fs import OS, FileSystem, IoGuard
 from seqvault.index import HashIndex
@@ -31,7 +32,7 @@ from seqvault.manifest import Manifest, read_snapshot
 from seqvault.policy import MergePolicy
 from seqvault.schema import USER_ID_DTYPE, Schema, SchemaError, _cast_integer
 from seqvault.seqmerge import csr_concat_groups, csr_take, newest_per_group, overlay_buffered
-from seqvault.state import StoreState
+from seqvault.state import BackpressureError, StoreState
 from seqvault.wal import (
     KIND_APPEND,
     KIND_DELETE,
@@ -144,6 +145,10 @@ class SeqVault:
         return self._state.index
 
     @property
+    def files(self) -> Mapping[int, DataFile]:
+        return MappingProxyType(self._state.files)
+
+    @property
     def active(self) -> object:
         return self._state.active
 
@@ -219,8 +224,10 @@ class SeqVault:
         The arrays are copied: the caller may reuse them as soon as this returns. With
         ``sync=True`` this returns only after the WAL record is fsynced (concurrent syncing
         callers share fsyncs); otherwise it is in the OS page cache, safe against a process crash.
-        Blocks (at most ``policy.stall_timeout_s``) while the buffer holds
-        ``policy.stall_buffer_events`` events, then raises BackpressureError.
+        Backpressure, once the buffers hold ``policy.stall_buffer_events`` events: without a
+        background thread this append first merges inline; with one it waits (at most
+        ``policy.stall_timeout_s``) for the background merge. If that cannot make room (merges
+        failing), it raises BackpressureError and stores nothing.
         """
         self._check_open()
         uids, cols = _owned(*self.schema.validate(as_user_ids(user_ids), columns))
@@ -228,13 +235,25 @@ class SeqVault:
             return
         st = self._state
         if st.buffered_events() >= self.policy.stall_events:
-            st.wait_for_room(self.policy.stall_events, self.policy.stall_timeout_s, lambda: self.background_error)
+            self._make_room()
         with st.append_lock:
             self._check_open()
             lsn = st.wal.append(KIND_APPEND, encode_append(uids, cols, self.schema))
             st.active.add(uids, cols)
         if sync:
             st.wal.sync(lsn)
+
+    def _make_room(self) -> None:
+        st, limit = self._state, self.policy.stall_events
+        if self._thread is not None:
+            st.wait_for_room(limit, self.policy.stall_timeout_s, lambda: self.background_error)
+            return
+        try:
+            jobs.merge(st)
+        except Exception as e:
+            raise BackpressureError(
+                f"the update buffer holds {st.buffered_events()} events (limit {limit}) and the merge that "
+                f"would make room failed: {e}; the append was not stored") from e
 
     def delete(self, user_ids: np.ndarray | Sequence[int], sync: bool = True) -> None:
         """Remove users entirely (privacy requests). Durable (fsynced) on return unless ``sync=False``."""

@@ -318,22 +318,23 @@ def test_close_waits_for_reads_in_flight(tmp_path: Path) -> None:
 
 
 # -- backpressure ------------------------------------------------------------------------------
-def test_appends_stall_then_refuse_when_the_buffer_is_full(tmp_path: Path) -> None:
-    policy = MergePolicy(max_buffer_events=10, stall_buffer_events=50, stall_timeout_s=0.2)
-    with SeqVault.open(tmp_path / "s", schema=SCHEMA, merge_policy=policy) as sv:
-        for i in range(5):
+def test_a_full_buffer_merges_inline_without_a_background_thread(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    disk = SimulatedDisk(path)
+    policy = MergePolicy(max_buffer_events=10, stall_buffer_events=50)
+    with SeqVault.open(path, schema=SCHEMA, merge_policy=policy, fs=disk) as sv:
+        for i in range(30):  # nobody calls merge(): the buffer must still stay bounded
             sv.append(np.arange(10, dtype=np.uint64), {"ts": np.full(10, i), "item": np.full(10, i)})
-        t0 = time.monotonic()
-        with pytest.raises(BackpressureError, match="limit 50"):
-            sv.append([1], ev(9))
-        assert 0.15 < time.monotonic() - t0 < 5
-        assert sv.stats()["buffered_events"] == 50
-        waiter = threading.Thread(target=lambda: sv.append([1], ev(10)))
-        waiter.start()  # blocks until a merge makes room, then goes through
-        time.sleep(0.05)
-        sv.merge()
-        waiter.join(5)
-        assert items(sv, 1)[-1] == 10
+            assert sv.stats()["buffered_events"] <= 50
+        assert sv.manifest.merges >= 4 and items(sv, 3) == list(range(30))
+        disk.inject("pwrite", path_contains="data-", errno=errno.ENOSPC, repeat=True)
+        with pytest.raises(BackpressureError, match="No space"):
+            for i in range(30, 60):
+                sv.append(np.arange(10, dtype=np.uint64), {"ts": np.full(10, i), "item": np.full(10, i)})
+        assert sv.stats()["buffered_events"] <= 60
+        disk.clear_faults()
+        sv.append([3], ev(99))
+        assert items(sv, 3)[-1] == 99
 
 
 def test_failing_background_merges_bound_the_buffer_and_say_why(tmp_path: Path,

@@ -116,7 +116,10 @@ class SeqVaultMachine(RuleBasedStateMachine):
     @rule(rows=batch, sync=st.booleans())
     def append(self, rows: list, sync: bool) -> None:
         uids, cols = columns_of(rows)
+        generation = self.sv.manifest.generation
         self.sv.append(uids, cols, sync=sync)
+        if self.sv.manifest.generation != generation:  # a full buffer merged before this batch went in
+            self._committed()
         self.model.append(rows)
         self.wal_ops.append((self.sv.wal.offset, "append", rows))
 
