@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 import numpy as np
 
+from seqvault.clierrors import GuardedGroup
 from seqvault.errors import SeqVaultError
 from seqvault.schema import SchemaError
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Inspect a SeqVault store (a directory made by SeqVault.open).
 
@@ -29,6 +30,8 @@ def main() -> None:
     seqvault dump PATH USER   one user's events, oldest first
     seqvault recover PATH     open, replay and merge the WAL; --salvage past mid-log damage
     seqvault crashtest        kill / power-loss campaign against the engine; non-zero on any loss
+
+    An error is one line on stderr; add --debug to any command for the full traceback.
     """
 
 
@@ -77,7 +80,7 @@ def stats(path: str) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.argument("user", type=int)
+@click.argument("user", type=click.IntRange(0, 2**64 - 1))
 @click.option("--last-n", type=click.IntRange(min=0), default=None, help="Only the newest N events.")
 @click.option("--fields", default=None, help="Comma-separated fields to show (default: all).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
@@ -129,7 +132,7 @@ def recover(path: str, salvage: bool) -> None:
 @main.command()
 @click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True,
               help="Trials in all (alternating over the modes).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Campaign seed; a failing trial prints the seed and trial count that replay it.")
 @click.option("--mode", type=click.Choice(["kill", "powerloss", "both"]), default="both", show_default=True,
               help="kill: SIGKILL a forked writer at a named kill point or a random time; powerloss: cut "

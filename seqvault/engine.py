@@ -13,6 +13,7 @@ raises :class:`~seqvault.state.BackpressureError`; ``close()`` waits for reads i
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -297,8 +298,8 @@ class SeqVault:
     def _keep(self, last_n: int | None) -> int:
         if last_n is None:
             return self.max_len
-        if last_n < 0:
-            raise SeqVaultError(f"last_n must be >= 0, got {last_n}")
+        if isinstance(last_n, bool) or not isinstance(last_n, numbers.Integral) or last_n < 0:
+            raise SeqVaultError(f"last_n must be a whole number >= 0 (or None for max_len), got {last_n!r}")
         return min(int(last_n), self.max_len)
 
     def get(self, user_id: int, last_n: int | None = None, fields: Sequence[str] | None = None

@@ -11,6 +11,9 @@ import importlib
 
 import click
 
+from seqvault.clierrors import GuardedGroup, with_debug_option
+from seqvault.errors import SeqVaultError
+
 # name -> (module, attribute, one-line help shown by `storagebench --help`)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "flops": ("storagebench.cli.flops", "flops",
@@ -36,7 +39,14 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(GuardedGroup):
+    """Imports each subcommand on first use; domain errors become one line (seqvault.clierrors)."""
+
+    # A config value a command cannot use is a usage error (2); a store, node, replay or I/O
+    # failure is a failed run (1). Anything else is a bug and keeps its traceback.
+    usage_errors = (ValueError,)
+    run_errors = (SeqVaultError, OSError, RuntimeError)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
 
@@ -44,7 +54,7 @@ class LazyGroup(click.Group):
         if name not in SUBCOMMANDS:
             return None
         module, attr, _ = SUBCOMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        return with_debug_option(getattr(importlib.import_module(module), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, SUBCOMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -59,6 +69,9 @@ def main() -> None:
 
     Replays realistic user-event workloads against SeqVault and RocksDB LastN stores, measures
     CPU, latency percentiles and disk, and sizes the fleet. See README.md for a tour.
+
+    An error is one line on stderr (exit 2: a value the command cannot use; 1: the run failed);
+    add --debug to any command (or set STORAGEBENCH_DEBUG=1) for the full traceback.
     """
 
 

@@ -31,7 +31,7 @@ def _arm(value: str) -> tuple[str, str]:
               help="A saved workload directory. Default: generate the small preset with --users users.")
 @click.option("--users", type=click.IntRange(min=1), default=DEFAULT_USERS, show_default=True,
               help="Users of the generated workload (small preset otherwise).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Workload, candidates and weights seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Workload, candidates and weights seed.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=1000, show_default=True,
               help="L: newest events fetched per request and read by the model (the paper's L).")
 @click.option("--candidates", type=click.IntRange(min=1), default=100, show_default=True,

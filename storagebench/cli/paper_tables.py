@@ -179,9 +179,9 @@ def print_tables(tables: dict[str, list[dict[str, Any]]], header: str) -> None:
 
 @click.command("paper-tables")
 @task_options(max_users=2000)
-@click.option("--seq-len", type=int, default=256, show_default=True, help="L: newest history events read.")
-@click.option("--epochs", type=int, default=3, show_default=True, help="Epochs for every run (same for all).")
-@click.option("--repeats", type=int, default=1, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=1), default=256, show_default=True, help="L: newest history events read.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Epochs for every run (same for all).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train every run this many times (model seeds SEED, SEED+1, ...) and report the mean AUC "
                    "and its spread across seeds.")
 @click.option("--tables", default="2,3,4", show_default=True, help="Which tables to produce, e.g. 2 or 3,4.")

@@ -11,19 +11,19 @@ from typing import Any
 import click
 
 # option name -> (PlanInputs field, type, help)
-_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    ("--dau", "dau", float, "Daily active users (each has a stored sequence)."),
-    ("--events-per-user-per-day", "events_per_user_per_day", float, "Appended events per user per day."),
-    ("--seq-len", "seq_len", int, "Sequence length N kept per user and read per request."),
-    ("--peak-qps", "peak_qps", float, "Peak ranking requests per second, all zones together."),
-    ("--candidates", "candidates", int, "Candidates scored per ranking request."),
-    ("--replication", "replication", int, "Copies of the data within each zone."),
-    ("--zones", "zones", int, "Zones, each holding the full data set."),
-    ("--target-util", "target_util", float, "Target CPU utilisation, 0-1 (0.5 = 50%)."),
-    ("--node-cores", "node_cores", int, "CPU cores per storage node."),
-    ("--node-dram-gib", "node_dram_gib", float, "DRAM per storage node, GiB."),
-    ("--node-ssd-tib", "node_ssd_tib", float, "SSD per storage node, TiB."),
-    ("--ssd-headroom", "ssd_headroom", float, "Free SSD kept on top of the data, 0.3 = 30%."),
+_OPTIONS: tuple[tuple[str, str, click.ParamType, str], ...] = (
+    ("--dau", "dau", click.FloatRange(min=0, min_open=True), "Daily active users (each has a stored sequence)."),
+    ("--events-per-user-per-day", "events_per_user_per_day", click.FloatRange(min=0, min_open=True), "Appended events per user per day."),
+    ("--seq-len", "seq_len", click.IntRange(min=1), "Sequence length N kept per user and read per request."),
+    ("--peak-qps", "peak_qps", click.FloatRange(min=0, min_open=True), "Peak ranking requests per second, all zones together."),
+    ("--candidates", "candidates", click.IntRange(min=1), "Candidates scored per ranking request."),
+    ("--replication", "replication", click.IntRange(min=1), "Copies of the data within each zone."),
+    ("--zones", "zones", click.IntRange(min=1), "Zones, each holding the full data set."),
+    ("--target-util", "target_util", click.FloatRange(min=0, max=1, min_open=True), "Target CPU utilisation, 0-1 (0.5 = 50%)."),
+    ("--node-cores", "node_cores", click.IntRange(min=1), "CPU cores per storage node."),
+    ("--node-dram-gib", "node_dram_gib", click.FloatRange(min=0, min_open=True), "DRAM per storage node, GiB."),
+    ("--node-ssd-tib", "node_ssd_tib", click.FloatRange(min=0, min_open=True), "SSD per storage node, TiB."),
+    ("--ssd-headroom", "ssd_headroom", click.FloatRange(min=0), "Free SSD kept on top of the data, 0.3 = 30%."),
 )
 
 

@@ -21,18 +21,18 @@ def replay_options(default_out: str) -> Callable:
                      help="Workload preset, replay speed and window. small: 4,000 users, 0.2x the trace "
                           "(~240 ops/s), 25 s warm-up + 25 s window per store (Table 1 with --repeats 3: "
                           "~13 min on 2 cores / 24 GiB); medium and large are for bigger machines."),
-        click.option("--users", type=int, help="Override the preset's number of users."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Workload and sampling seed."),
+        click.option("--users", type=click.IntRange(min=1), help="Override the preset's number of users."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Workload and sampling seed."),
         click.option("--io", type=click.Choice(["direct", "buffered"]), default="direct", show_default=True,
                      help="direct: both stores bypass the page cache (SeqVault O_DIRECT, RocksDB direct reads "
                           "with an equal block cache), so the SSD path is measured rather than a DRAM copy of "
                           "the whole data set; falls back to buffered with a warning where O_DIRECT is refused."),
-        click.option("--speed", type=float,
+        click.option("--speed", type=click.FloatRange(min=0, min_open=True),
                      help="Replay at the trace's own pace times this (default: per scale, 0.2 for small)."),
-        click.option("--rate", type=float, help="Replay at this mean rate in ops/s instead (burstiness kept)."),
-        click.option("--warmup-s", type=float, help="Warm-up seconds, not measured (default: per scale)."),
-        click.option("--window-s", type=float, help="Measured window in seconds (default: per scale)."),
-        click.option("--max-len", type=int, default=1000, show_default=True,
+        click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Replay at this mean rate in ops/s instead (burstiness kept)."),
+        click.option("--warmup-s", type=click.FloatRange(min=0), help="Warm-up seconds, not measured (default: per scale)."),
+        click.option("--window-s", type=click.FloatRange(min=0, min_open=True), help="Measured window in seconds (default: per scale)."),
+        click.option("--max-len", type=click.IntRange(min=1), default=1000, show_default=True,
                      help="N: events each store keeps and each read returns per user."),
         click.option("--rocksdb-profile", type=click.Choice(["tuned", "default"]), default="tuned", show_default=True,
                      help="RocksDB options. tuned: LZ4 above, ZSTD at the bottommost level, filters only where "
@@ -41,10 +41,10 @@ def replay_options(default_out: str) -> Callable:
                           "result file."),
         click.option("--compression", type=click.Choice(["lz4", "zstd", "none"]), default=None,
                      help="Override the profile: this RocksDB block compression on every level."),
-        click.option("--target-qps", type=float, default=DEFAULT_TARGET_QPS, show_default=True,
+        click.option("--target-qps", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TARGET_QPS, show_default=True,
                      help="Production load (ops/s, the workload's read/append mix) the CPU-cores column is "
                           "sized for."),
-        click.option("--target-utilisation", type=float, default=DEFAULT_TARGET_UTILISATION, show_default=True,
+        click.option("--target-utilisation", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_TARGET_UTILISATION, show_default=True,
                      help="CPU utilisation the fleet is sized to run at."),
         click.option("--node-cpus", default="auto", show_default=True,
                      help="CPUs the storage node is pinned to: 'auto' (all but CPU 0, which the load generator "
@@ -59,7 +59,7 @@ def replay_options(default_out: str) -> Callable:
                      help="Run a SCHED_IDLE busy loop on each node CPU (its own process, not counted in the "
                           "store's CPU) so an idle vCPU does not halt between requests and add its wake-up "
                           "to every latency. Only when the node is pinned (--node-cpus)."),
-        click.option("--backlog-threshold-ms", type=float, default=100.0, show_default=True,
+        click.option("--backlog-threshold-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
                      help="Flag the run if read latency grows by more than this over the window."),
         click.option("--keep-stores", is_flag=True, help="Keep the store directories under OUT/stores."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False), default=default_out, show_default=True,

@@ -16,7 +16,7 @@ from storagebench.cli.replay_options import build_config, load_workload, parse_c
               help="Store to measure: rocksdb_lastn, rocksdb_packed, seqvault, memory (an in-process dict) or "
                    "null (the harness floor: prebuilt reads, appends dropped). Repeat to measure several in "
                    "turn and cross-check their answers.")
-@click.option("--dram-budget-mb", type=float, default=64.0, show_default=True,
+@click.option("--dram-budget-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="DRAM budget given to every store (RocksDB: block cache size).")
 @replay_options(default_out="results/run")
 def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None, scale: str, users: int | None,
@@ -56,10 +56,10 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None
     except CorrectnessError as e:
         console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
                       f"that returned wrong data)")
-        sys.exit(2)
+        sys.exit(1)
     write_result(out_dir, "run", doc)
     render_tables(doc, console)
     if doc.get("crosscheck_failed"):
         console.print(f"[red bold]{doc['crosscheck']['error']}[/red bold]")
-        sys.exit(2)
+        sys.exit(1)
     console.print(f"results: {os.path.join(out_dir, 'run.json')}, run.csv, hdr/")

@@ -51,10 +51,10 @@ def table1(workload_dir: str | None, scale: str, users: int | None, seed: int, i
         doc = run_table1(wl, cfg, out_dir, repeats=repeats, floor=floor, keep_stores=keep_stores, console=console)
     except CrossCheckError as e:
         console.print(f"[red bold]{e}[/red bold]\n(results written to {out_dir} with the mismatch recorded)")
-        sys.exit(2)
+        sys.exit(1)
     except CorrectnessError as e:
         console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
                       f"that returned wrong data)")
-        sys.exit(2)
+        sys.exit(1)
     render_tables(doc, console)
     console.print(f"results: {os.path.join(out_dir, 'table1.json')}, table1.csv, hdr/")

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from workloads import GeneratorConfig, LogFormatError, WorkloadDirError, generate, import_log, open_workload
+from seqvault.clierrors import BadUsage
+from workloads import GeneratorConfig, WorkloadDirError, generate, import_log, open_workload
 from workloads.loaders import FORMATS
 
 
@@ -49,15 +50,15 @@ def _finish(path: Path, summary: dict[str, Any]) -> None:
 @workload.command("generate")
 @click.option("--preset", type=click.Choice(GeneratorConfig.PRESETS), default="small", show_default=True,
               help="Named scale: small (~2M backfill events), medium (10x), large (100x).")
-@click.option("--users", type=int, help="Number of users (overrides the preset).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--live-seconds", type=float, help="Length of the live window in trace seconds.")
+@click.option("--users", type=click.IntRange(min=1), help="Number of users (overrides the preset).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--live-seconds", type=click.FloatRange(min=0, min_open=True), help="Length of the live window in trace seconds.")
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
               help="Any other GeneratorConfig parameter, e.g. --set episode_prob=0.3 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory to write the workload to.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing workload directory.")
-@click.option("--chunk-events", type=int, default=1_000_000, show_default=True,
+@click.option("--chunk-events", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Backfill events per Parquet chunk (bounds memory).")
 def generate_cmd(preset: str, users: int | None, seed: int, live_seconds: float | None,
                  settings: tuple[str, ...], out: Path, overwrite: bool, chunk_events: int) -> None:
@@ -70,10 +71,10 @@ def generate_cmd(preset: str, users: int | None, seed: int, live_seconds: float 
         overrides["live_seconds"] = live_seconds
     try:
         cfg = GeneratorConfig.preset(preset, **overrides)
-        wl = generate(cfg)
-        path = wl.save(out, chunk_events=chunk_events, progress=True, overwrite=overwrite)
-    except (ValueError, TypeError, FileExistsError) as e:
-        raise click.ClickException(str(e)) from e
+    except TypeError as e:  # an unknown --set name
+        raise BadUsage(f"--set: {e}") from e
+    wl = generate(cfg)
+    path = wl.save(out, chunk_events=chunk_events, progress=True, overwrite=overwrite)
     _finish(path, wl.summary())
 
 
@@ -85,7 +86,7 @@ def generate_cmd(preset: str, users: int | None, seed: int, live_seconds: float 
 @click.option("--mapping", help="Column mapping as JSON or a JSON file: {\"user\": COL, \"time\": COL, "
                                 "\"fields\": {FIELD: COL}, \"time_unit\": \"s\"|\"ms\", \"actions\": "
                                 "{\"pv\": \"click\"}, \"header\": true, \"columns\": [...], \"delimiter\": \",\"}.")
-@click.option("--live-fraction", type=float, default=0.1, show_default=True,
+@click.option("--live-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1, show_default=True,
               help="Share of the log's time span (the end of it) that becomes the live stream.")
 @click.option("--split-time", type=int, help="Split at this time (ms since epoch) instead of --live-fraction.")
 @click.option("--skip-bad-rows", is_flag=True, help="Skip malformed rows (and report how many) instead of failing.")
@@ -100,9 +101,9 @@ def import_cmd(log: Path, fmt: str, mapping: str | None, live_fraction: float, s
             warnings.simplefilter("ignore", UserWarning)
             wl = import_log(log, format=fmt, mapping=mapping, live_fraction=live_fraction,
                             skip_bad_rows=skip_bad_rows, split_time_ms=split_time)
-        path = wl.save(out, progress=True, overwrite=overwrite)
-    except (LogFormatError, ValueError, TypeError, FileExistsError, OSError) as e:
-        raise click.ClickException(str(e)) from e
+    except TypeError as e:
+        raise BadUsage(str(e)) from e
+    path = wl.save(out, progress=True, overwrite=overwrite)
     src = wl.manifest["source"]
     click.echo(f"read {src['rows_read']:,} rows ({src['layout']}); skipped {src['rows_skipped']:,} bad rows")
     for example in src["bad_row_examples"]:

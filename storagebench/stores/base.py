@@ -11,6 +11,7 @@ decorated with :func:`register_store`; :func:`open_store` imports the package's 
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 import pkgutil
 from abc import ABC, abstractmethod
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from seqvault.schema import Schema
+from seqvault.schema import Schema, SchemaError
 
 _REGISTRY: dict[str, type[Store]] = {}
 _UNAVAILABLE: dict[str, str] = {}  # module -> why it could not be imported
@@ -58,6 +59,15 @@ class Store(ABC):
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Each user's newest ``last_n`` (default ``max_len``) events, oldest first, in CSR form."""
+
+    def keep(self, last_n: int | None) -> int:
+        """Events to return per user for ``last_n`` (None: ``max_len``); refuses a bad value naming it."""
+        if last_n is None:
+            return self.max_len
+        if isinstance(last_n, bool) or not isinstance(last_n, numbers.Integral) or last_n < 0:
+            raise SchemaError(f"last_n must be a whole number >= 0 (or None for max_len), got {last_n!r}",
+                              field="last_n")
+        return min(int(last_n), self.max_len)
 
     def bulk_load(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         """Load the backfill before the measured window; stores with a faster path override this."""

@@ -60,7 +60,7 @@ class MemoryStore(Store):
         self._delay()
         with self._lock:
             per_user = [self._users.get(int(u)) for u in np.asarray(user_ids, dtype=np.uint64)]
-        return pack_csr(per_user, self.schema, self.max_len if last_n is None else last_n)
+        return pack_csr(per_user, self.schema, self.keep(last_n))
 
     def disk_files(self) -> dict[str, str]:
         return {}

@@ -37,11 +37,12 @@ class NullStore(Store):
         self._one: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}  # last_n -> one user's reply
 
     def append(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
-        return None
+        # Stores nothing, but refuses what the others refuse: the floor must not be cheaper for it.
+        self.schema.validate(user_ids, columns)
 
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        n = min(self.max_len if last_n is None else int(last_n), self.max_len)
+        n = self.keep(last_n)
         users = len(user_ids)
         if users == 1:
             if n not in self._one:

@@ -185,7 +185,7 @@ class RocksStoreBase(Store):
         uids = [int(u) for u in np.asarray(user_ids, dtype=np.uint64)]
         values = self._db.get([user_key(u) for u in uids])
         per_user = [None if v is None else self.decode_value(u, v) for u, v in zip(uids, values, strict=True)]
-        return pack_csr(per_user, self.schema, self.max_len if last_n is None else last_n)
+        return pack_csr(per_user, self.schema, self.keep(last_n))
 
     def flush(self) -> None:
         self._db.flush()

@@ -48,7 +48,7 @@ class RocksPackedStore(RocksStoreBase):
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         # The packed record can decode only the newest last_n events; text cannot.
-        n = self.max_len if last_n is None else last_n
+        n = self.keep(last_n)
         uids = [int(u) for u in np.asarray(user_ids, dtype=np.uint64)]
         values = self._db.get([user_key(u) for u in uids])
         per_user = [None if v is None else decode_record(v, self.schema, last_n=n, expect_user=u)

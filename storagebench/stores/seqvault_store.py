@@ -43,7 +43,7 @@ class SeqVaultStore(Store):
 
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return self._sv.get_many(user_ids, last_n=last_n)
+        return self._sv.get_many(user_ids, last_n=self.keep(last_n))
 
     def maintain(self) -> bool:
         return bool(self._sv.maintain())
