@@ -1,8 +1,12 @@
 """SeqVault's kernels: record decode/encode speed, bytes on disk, the `get` path, index lookups.
 
-Targets (checked only when benchmarks are enabled): decode >= 1 GB/s of decoded columns per core;
-batch encode >= 1M events/s; <= 30% of the 56 bytes/event that seven int64 fields would take;
-<= 32 bytes of index DRAM per user at max load.
+Speed targets are ratios to a NumPy reference measured in the same run (see conftest.py), reported
+in the session summary, never asserted. They are the codec issue's goals (decode 2 GB/s of decoded
+columns per core, batch decode the same, encode 5M events/s) divided by the reference this machine
+(AMD EPYC, 2 vCPUs) measured when they were set: ``np.frombuffer`` + ``np.cumsum`` over as many int64
+values as the decode writes bytes ran at 5.1 GB/s for one record (24 KB) and 11.9 GB/s (1.49G
+values/s) for 256 records (6 MB). Sizes are asserted:
+<= 30% of the 56 bytes/event that seven int64 fields would take; <= 32 bytes of index DRAM per user.
 Sizes: SEQVAULT_BENCH_INDEX_KEYS (default 1,000,000) and SEQVAULT_BENCH_ENCODE_EVENTS (default 1,000,000).
 Run: ``tox -e perf -- -k seqvault_kernels`` or
 ``pytest tests/benchmarks/test_bench_seqvault_kernels.py --benchmark-enable``.
@@ -15,6 +19,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from conftest import cumsum_values_per_s, memcpy_bytes_per_s
 
 from seqvault.codec import decode_record, decode_records, encode_record, encode_records
 from seqvault.index import SLOT_BYTES, HashIndex
@@ -61,7 +66,19 @@ def record_1000() -> tuple[bytes, dict[str, np.ndarray]]:
     return encode_record(42, cols, DEFAULT).tobytes(), cols
 
 
-def test_bench_decode_1000_event_record(benchmark, record_1000):
+DECODE_TARGET = 2.0 / 5.1    # of frombuffer + cumsum GB/s over the same values (one record)
+BATCH_DECODE_TARGET = 2.0 / 11.9
+ENCODE_TARGET = 5e6 / 1.49e9  # of frombuffer + cumsum values/s over the same events
+
+
+def _decode_refs(perf, benchmark, decoded_bytes: int, gbs: float, target: float) -> None:
+    values = decoded_bytes // 8  # the reference runs over as many bytes as the decode writes
+    perf.check("decode", gbs, "GB_per_s", cumsum_values_per_s(values) * 8 / 1e9, "cumsum_GB_per_s", target)
+    benchmark.extra_info["memcpy_GB_per_s"] = memcpy_bytes_per_s(decoded_bytes) / 1e9
+    benchmark.extra_info["decode_vs_memcpy"] = gbs / benchmark.extra_info["memcpy_GB_per_s"]
+
+
+def test_bench_decode_1000_event_record(benchmark, perf, record_1000):
     rec, cols = record_1000
     decode_record(rec, DEFAULT, expect_user=42)  # compile/load the kernels outside the timing
     out = benchmark.pedantic(decode_record, args=(rec, DEFAULT), kwargs={"expect_user": 42},
@@ -69,8 +86,7 @@ def test_bench_decode_1000_event_record(benchmark, record_1000):
     np.testing.assert_array_equal(out["ts"], cols["ts"])
     if not benchmark.disabled:
         gbs = 1000 * DEFAULT.row_bytes / benchmark.stats.stats.min / 1e9
-        benchmark.extra_info["decoded_GB_per_s"] = gbs
-        assert gbs >= 1.0, f"decode {gbs:.2f} GB/s of decoded columns < 1 GB/s"
+        _decode_refs(perf, benchmark, 1000 * DEFAULT.row_bytes, gbs, DECODE_TARGET)
 
 
 def test_bench_bytes_per_event_on_disk(benchmark, record_1000):
@@ -83,18 +99,18 @@ def test_bench_bytes_per_event_on_disk(benchmark, record_1000):
     assert per_event <= 0.30 * INT64_ROW_BYTES, f"{per_event:.2f} bytes/event > 30% of {INT64_ROW_BYTES}"
 
 
-def test_bench_batch_encode(benchmark):
+def test_bench_batch_encode(benchmark, perf):
     users, offsets, cols = _many_users(max(ENCODE_EVENTS // 500, 1), 500, seed=1)
     buf, starts = benchmark(encode_records, users, offsets, cols, DEFAULT)
     assert len(starts) == len(users) + 1 and starts[-1] == len(buf)
     if not benchmark.disabled:
         rate = offsets[-1] / benchmark.stats.stats.min
-        benchmark.extra_info["events_per_s"] = rate
         benchmark.extra_info["bytes_per_event"] = len(buf) / offsets[-1]
-        assert rate >= 1_000_000, f"batch encode {rate:,.0f} events/s < 1M"
+        perf.check("encode", rate, "events_per_s", cumsum_values_per_s(int(offsets[-1])), "cumsum_values_per_s",
+                   ENCODE_TARGET)
 
 
-def test_bench_batch_decode_256_records(benchmark):
+def test_bench_batch_decode_256_records(benchmark, perf):
     users, offsets, cols = _many_users(256, 1000, seed=2)
     buf, starts = encode_records(users, offsets, cols, DEFAULT)
     decode_records(buf, starts[:-1], DEFAULT)
@@ -104,8 +120,7 @@ def test_bench_batch_decode_256_records(benchmark):
     np.testing.assert_array_equal(out["item_id"], cols["item_id"])
     if not benchmark.disabled:
         gbs = offsets[-1] * DEFAULT.row_bytes / benchmark.stats.stats.min / 1e9
-        benchmark.extra_info["decoded_GB_per_s"] = gbs
-        assert gbs >= 1.0, f"batch decode {gbs:.2f} GB/s < 1 GB/s"
+        _decode_refs(perf, benchmark, int(offsets[-1]) * DEFAULT.row_bytes, gbs, BATCH_DECODE_TARGET)
 
 
 def test_bench_get_path(benchmark):

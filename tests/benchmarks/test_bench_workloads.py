@@ -1,4 +1,6 @@
-"""Generation speed of the synthetic workload (target: >= 1M backfill events/s on one core).
+"""Generation speed of the synthetic workload (target: 1M backfill events/s on one core, checked as a
+ratio to NumPy's frombuffer + cumsum over as many values, 1.49G/s on the machine that set it; a
+shortfall is reported in the session summary, see conftest.py).
 
 Sizes: WORKLOADS_BENCH_USERS (default 2,000 users, ~1M backfill events) and
 WORKLOADS_BENCH_LIVE_SECONDS (default 30 s of small-scale live traffic).
@@ -9,6 +11,8 @@ Run: ``tox -e perf -- -k workloads`` or
 from __future__ import annotations
 
 import os
+
+from conftest import cumsum_values_per_s
 
 from workloads import GeneratorConfig, generate
 
@@ -27,14 +31,14 @@ def _drain_live(cfg: GeneratorConfig) -> int:
     return sum(c.n_events + len(c) for c in wl.iter_live(100_000))
 
 
-def test_bench_backfill_generation(benchmark):
+def test_bench_backfill_generation(benchmark, perf):
     cfg = GeneratorConfig(users=USERS, seed=1, live_seconds=0)
     events = benchmark.pedantic(_drain_backfill, args=(cfg,), rounds=3, iterations=1, warmup_rounds=1)
     assert events == int(generate(cfg).tables.length.sum())
     if not benchmark.disabled:
         rate = events / benchmark.stats.stats.min
-        benchmark.extra_info["events_per_s"] = rate
-        assert rate >= TARGET_EVENTS_PER_S, f"{rate:,.0f} backfill events/s < {TARGET_EVENTS_PER_S:,}"
+        perf.check("backfill", rate, "events_per_s", cumsum_values_per_s(events), "cumsum_values_per_s",
+                   TARGET_EVENTS_PER_S / 1.49e9)
 
 
 def test_bench_live_generation(benchmark):
