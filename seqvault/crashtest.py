@@ -185,8 +185,10 @@ def _check(result: CampaignResult, chain: _Chain, last_acked: int, label: str) -
         result.lost += lost
         result.duplicated += dup
         result.mismatched_trials += 1
+        bad = sorted(u for u in set(got) | set(want) if got.get(u) != want.get(u))
+        diff = "; ".join(f"user {u}: stored {got.get(u, [])}, acknowledged {want.get(u, [])}" for u in bad[:2])
         result.failures.append(f"{label}: store matches neither op {last_acked} nor {last_acked + 1} "
-                               f"({lost} acknowledged events lost, {dup} duplicated)")
+                               f"({lost} acknowledged events lost, {dup} duplicated; {diff})")
         matched = last_acked
     report = verify_store(chain.path)
     if not report.ok:

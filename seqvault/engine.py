@@ -91,6 +91,7 @@ class SeqVault:
             assert schema is not None
             manifest = recovery.initial_manifest(schema, max_len or DEFAULT_MAX_LEN)
             manifest.write(directory, self._io)
+            self._io.fsync_dir(directory.parent)  # the store directory's own entry
         else:
             manifest = Manifest.load(directory)
             schema = recovery.check_reopen(manifest, directory, schema, max_len)
@@ -119,7 +120,7 @@ class SeqVault:
                     self._apply_delete(decode_delete(payload))
             st.wal = WriteAheadLog(directory, wal_state.last_segment, self._io, first_segment=manifest.wal_start)
             if salvage and wal_state.dropped:
-                jobs.merge(st)  # commit what was kept, so the damaged segments are never read again
+                jobs.merge(st, checkpoint=True)  # commit what was kept: the damaged segments go
         except BaseException:
             if st.wal is not None:
                 st.wal.close(sync=False)
@@ -250,7 +251,14 @@ class SeqVault:
             st.wait_for_room(limit, self.policy.stall_timeout_s, lambda: self.background_error)
             return
         try:
-            jobs.merge(st)
+            with self._job():
+                jobs.merge(st)
+        except SeqVaultError as e:
+            if self._closed or self._io.failure is not None:
+                raise
+            raise BackpressureError(
+                f"the update buffer holds {st.buffered_events()} events (limit {limit}) and the merge that "
+                f"would make room failed: {e}; the append was not stored") from e
         except Exception as e:
             raise BackpressureError(
                 f"the update buffer holds {st.buffered_events()} events (limit {limit}) and the merge that "
@@ -393,22 +401,25 @@ class SeqVault:
     # -- jobs (see seqvault.jobs) -------------------------------------------------------------
     def merge(self) -> int:
         """Fold every buffered event into new on-disk records now; returns how many users were merged."""
-        self._check_writable()
-        return jobs.merge(self._state)
+        with self._job():
+            return jobs.merge(self._state)
 
     def reclaim(self, live_fraction: float | None = None) -> int:
         """Copy live records out of files whose live fraction is below the threshold; returns files freed."""
-        self._check_writable()
-        return jobs.reclaim(self._state, self.policy.reclaim_live_fraction if live_fraction is None else live_fraction)
+        with self._job():
+            return jobs.reclaim(self._state,
+                                self.policy.reclaim_live_fraction if live_fraction is None else live_fraction)
 
     def bulk_load(self, user_ids: np.ndarray | Sequence[int],
                   columns: Mapping[str, np.ndarray | Sequence[int]]) -> int:
         """Backfill: write records straight to data files (no WAL), keeping each user's newest
-        ``max_len`` merged with what is stored; durable on return, all or nothing (a load that
-        raises stored none of it, so a retry stores it once). Returns users written."""
-        self._check_writable()
+        ``max_len`` merged with what is stored; durable on return, all or nothing: a load that
+        raises anything but StoreFailedError stored none of it, so a retry stores it once. After
+        StoreFailedError the outcome is unknown until the store is reopened (the commit's rename
+        may have reached the disk): reopen and look before retrying. Returns users written."""
         uids, cols = _owned(*self.schema.validate(as_user_ids(user_ids), columns))
-        return jobs.bulk_load(self._state, uids, cols)
+        with self._job():
+            return jobs.bulk_load(self._state, uids, cols)
 
     def merge_pending(self) -> int:
         """Users with buffered (not yet merged) events."""
@@ -419,12 +430,19 @@ class SeqVault:
 
     def maintain(self) -> bool:
         """Run the merge / reclamation policy once if due; returns whether it did any work."""
-        self._check_writable()
-        return jobs.maintain(self._state)
+        with self._job():
+            return jobs.maintain(self._state)
 
     def _check_writable(self) -> None:
         self._check_open()
         self._io.check_writable()
+
+    @contextmanager
+    def _job(self) -> Iterator[None]:
+        """Hold the job lock, checking under it that the store is still open (close takes it too)."""
+        with self._state.job_lock:
+            self._check_writable()
+            yield
 
     def _background_loop(self) -> None:
         while not self._stop.wait(self.policy.interval_s):

@@ -26,17 +26,21 @@ from seqvault.state import Change, JobOutput, StoreState
 _CHUNK_EVENTS = 1 << 21  # bounds a job's working memory: events merged per encode call
 
 
-def merge(state: StoreState) -> int:
-    """Fold the buffered events into new records; returns users merged."""
+def merge(state: StoreState, checkpoint: bool = False) -> int:
+    """Fold the buffered events into new records; returns users merged.
+
+    ``checkpoint`` commits past every WAL segment even when nothing is buffered (salvage needs
+    the damaged segments covered and gone).
+    """
     with state.job_lock:
         merged = 0
         if state.frozen is not None:  # an earlier merge failed after the swap: finish that one first
             merged += _merge_frozen(state)
-        return merged + _merge_frozen(state)
+        return merged + _merge_frozen(state, checkpoint)
 
 
-def _merge_frozen(state: StoreState) -> int:
-    rows = state.freeze()
+def _merge_frozen(state: StoreState, checkpoint: bool = False) -> int:
+    rows = state.freeze(force=checkpoint)
     if rows is None:
         return 0
     change = Change(wal_start=state.frozen_until, drop_frozen=True)
@@ -53,16 +57,15 @@ def bulk_load(state: StoreState, uids: np.ndarray, columns: dict[str, np.ndarray
     if len(uids) == 0:
         return 0
     with state.job_lock:
-        # Merge pending appends first: they arrived before this load, so ties must rank them older.
-        if state.active.events or state.frozen is not None:
-            merge(state)
-        # A fresh WAL segment, committed past the old ones: replaying an older delete after this
-        # load would otherwise remove what it wrote.
-        wal_start = state.start_segment_if_idle()
+        # Merge everything logged so far first, committing past its WAL segments: pending appends
+        # arrived before this load (ties must rank them older), and a logged delete replayed after
+        # the load would remove what it wrote. Deletes wait for job_lock, so none can be logged
+        # until the load has committed; appends that arrive meanwhile replay on top, as they should.
+        merge(state)
         kill_point("bulk_load.after_rotate")
         empty = _Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64), state.schema.empty_columns())
         rows = _fold(empty, [_Batch(np.ascontiguousarray(uids), columns)])
-        change = Change(wal_start=wal_start)
+        change = Change()
         with state.output() as out:
             _write_sequences(state, rows, out, change)
             state.commit(change, out)

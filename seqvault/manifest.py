@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from seqvault.errors import CorruptionError
-from seqvault.fs import IoGuard
+from seqvault.fs import IoGuard, StoreFailedError
 
 MANIFEST_NAME = "MANIFEST"
 FORMAT_NAME = "seqvault"
@@ -100,9 +100,12 @@ def write_atomic(path: Path, data: bytes | list, io: IoGuard, before_rename: Cal
         before_rename()
     try:
         fs.replace(tmp, path)
-    except OSError as e:
-        raise io.fail(f"renaming {tmp.name} over {path.name} failed: {e}") from e
-    io.fsync_dir(path.parent)
+        io.fsync_dir(path.parent)
+    except StoreFailedError:
+        raise
+    except BaseException as e:  # an interrupt too: whether the rename reached the disk is unknown
+        io.fail(f"committing {path.name} was interrupted after its rename began: {e!r}")
+        raise
 
 
 def snapshot_name(generation: int) -> str:

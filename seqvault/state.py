@@ -110,30 +110,24 @@ class StoreState:
         return self.active.events + (self.frozen.events if self.frozen is not None else 0)
 
     # -- buffers and the WAL ----------------------------------------------------------------------
-    def freeze(self) -> _Sorted | None:
-        """The frozen buffer's rows (freezing the active one first if none is frozen); None if idle.
+    def freeze(self, force: bool = False) -> _Sorted | None:
+        """The frozen buffer's rows (freezing the active one first if none is frozen); None if idle
+        (nothing buffered and nothing logged), unless ``force``.
 
         Rotating the WAL and swapping the buffers happen together, so the frozen buffer is exactly
         what the closed segments hold.
         """
         if self.frozen is None:
             with self.append_lock:
-                if self.active.events == 0 and self.wal.offset == 0:
-                    return None  # nothing buffered and no deletes waiting in the log
+                logged = self.wal.offset > 0 or self.wal.segment_id > self.manifest.wal_start
+                if self.active.events == 0 and not logged and not force:
+                    return None  # nothing buffered and no WAL segment (deletes) the commit does not cover
                 new_segment = self.wal.rotate()
                 with self.state_lock:
                     self.frozen, self.active = self.active, UpdateBuffer(self.schema)
                     self.frozen_until = new_segment
             kill_point("merge.after_swap")
         return self.frozen.view().all_rows()
-
-    def start_segment_if_idle(self) -> int:
-        """A fresh WAL segment when nothing is buffered (so a commit may pass the old ones), else
-        the committed start: what a bulk load may commit as covered."""
-        with self.append_lock:
-            if self.active.events == 0 and self.frozen is None:
-                return self.wal.rotate()
-            return self.manifest.wal_start
 
     def wait_for_room(self, limit: int, timeout_s: float, last_error: Callable[[], BaseException | None]) -> None:
         """Block until fewer than ``limit`` events are buffered, or raise after ``timeout_s``."""
@@ -161,6 +155,10 @@ class StoreState:
     def commit(self, change: Change, out: JobOutput | None = None) -> None:
         """Make ``change`` durable, then visible. Callers hold ``job_lock``."""
         self.io.check_writable()
+        # The snapshot is taken from the live index, which already holds every logged delete: each
+        # must be durable in the WAL first, or a power cut could keep the snapshot's delete while
+        # losing the record, and replay the user's earlier buffered events over it.
+        self.wal.sync()
         new_files = dict(out.new_files) if out is not None else {}
         index = self.index
         if change.upserts:
@@ -197,6 +195,8 @@ class StoreState:
             if self.io.failure is None:  # failed before the rename: the old commit stands
                 self._remove(self.directory / snap)
             raise
+        if out is not None:
+            out.committed = True  # from here on the job's bytes are the store's: never roll them back
         kill_point("commit.after_manifest")
         retired = [self.files[fid] for fid in change.retire if fid in self.files]
         with self.state_lock:
@@ -243,6 +243,7 @@ class JobOutput:
         self._state = state
         self.new_files: dict[int, DataFile] = {}
         self.current = state.current_file()
+        self.committed = False
         self._sizes_before: dict[int, int] = {}
 
     def append(self, buf: np.ndarray) -> tuple[int, int]:
@@ -276,6 +277,8 @@ class JobOutput:
         return f
 
     def rollback(self) -> None:
+        if self.committed:
+            return
         if self._state.io.failure is not None:
             # Fail-stop: what is on disk may already be committed; the next open sorts it out.
             for f in self.new_files.values():

@@ -355,3 +355,117 @@ def test_failing_background_merges_bound_the_buffer_and_say_why(tmp_path: Path,
         while sv.stats()["buffered_events"] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert sv.stats()["buffered_events"] == 0
+
+
+# -- found in review: each reproduced against the first version of this hardening ---------------
+def test_bulk_load_is_not_undone_by_an_older_delete_when_an_append_races_it(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from seqvault.state import StoreState
+    with SeqVault.open(tmp_path / "s", schema=SCHEMA) as sv:
+        sv.bulk_load([1], ev(1))
+        sv.delete([1])  # logged in the WAL, not yet covered by a commit
+        real_commit = StoreState.commit
+        raced = []
+
+        def commit_after_an_append(self: StoreState, change: object, out: object = None) -> None:
+            if not raced:  # another thread's append lands while the load runs
+                raced.append(True)
+                sv.append([2], ev(7))
+            real_commit(self, change, out)
+
+        monkeypatch.setattr(StoreState, "commit", commit_after_an_append)
+        sv.bulk_load([1, 1], ev(10, 11))
+        assert raced and items(sv, 1) == [10, 11]
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert items(sv, 1) == [10, 11] and items(sv, 2) == [7]
+
+
+def test_a_snapshot_never_holds_a_delete_the_wal_may_lose(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    disk = SimulatedDisk(path)
+    sv = SeqVault.open(path, schema=SCHEMA, merge_policy=TINY, fs=disk)
+    sv.append([1, 1, 2], ev(1, 2, 3), sync=True)
+    sv.merge()
+    sv.append([1], ev(5), sync=True)
+    sv.delete([1], sync=False)
+    assert sv.reclaim() > 0  # a commit that keeps wal_start snapshots the live index
+    disk.power_loss()
+    with SeqVault.open(path) as sv:
+        assert items(sv, 1) in ([1, 2, 5], [])  # before the delete or after it, never a mix
+
+
+class _InterruptAfterManifestRename(FileSystem):
+    armed = False
+    last: str | None = None
+
+    def replace(self, src: Path, dst: Path) -> None:
+        super().replace(src, dst)
+        self.last = Path(dst).name
+
+    def fsync_dir(self, directory: Path) -> None:
+        if self.armed and self.last == "MANIFEST":
+            self.armed = False
+            raise KeyboardInterrupt
+        super().fsync_dir(directory)
+
+
+def test_an_interrupt_after_the_manifest_rename_fail_stops_and_keeps_the_commit(tmp_path: Path) -> None:
+    fs = _InterruptAfterManifestRename()
+    sv = SeqVault.open(tmp_path / "s", schema=SCHEMA, fs=fs)
+    sv.append([1], ev(1), sync=True)
+    fs.armed, fs.last = True, None  # the next MANIFEST rename is the merge's commit
+    with pytest.raises(KeyboardInterrupt):
+        sv.merge()
+    assert sv.failure and "interrupted" in sv.failure
+    with pytest.raises(StoreFailedError):
+        sv.append([1], ev(2))
+    sv.close()
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert items(sv, 1) == [1]
+
+
+def test_salvage_with_nothing_to_keep_still_drops_the_damaged_segment(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    disk = SimulatedDisk(path)
+    sv = SeqVault.open(path, schema=SCHEMA, fs=disk)
+    sv.append([1], ev(1), sync=True)
+    disk.inject("write", path_contains="index-", errno=errno.ENOSPC)  # the merge fails after rotating
+    with pytest.raises(OSError):
+        sv.merge()
+    sv.close()
+    seg = path / "wal-00000001.log"
+    data = bytearray(seg.read_bytes())
+    data[-1] ^= 0xFF  # bit rot in a closed segment: its only record is lost
+    seg.write_bytes(bytes(data))
+    from seqvault.recovery import WalCorruptionError
+    with pytest.raises(WalCorruptionError):
+        SeqVault.open(path)
+    with SeqVault.open(path, salvage=True) as sv:
+        assert sv.recovery_report["dropped"] and items(sv, 1) == []
+    assert not seg.exists()
+    with SeqVault.open(path) as sv:  # salvaged for good
+        assert items(sv, 1) == []
+
+
+def test_jobs_refuse_once_close_has_begun(tmp_path: Path) -> None:
+    sv = SeqVault.open(tmp_path / "s", schema=SCHEMA)
+    sv.append([1], ev(1))
+    sv.close()
+    for job in (sv.merge, sv.reclaim, sv.maintain, lambda: sv.bulk_load([1], ev(2))):
+        with pytest.raises(SeqVaultError, match="closed"):
+            job()
+
+
+def test_a_delete_in_an_older_segment_is_covered_before_a_bulk_load(tmp_path: Path) -> None:
+    """Found by the crash campaign: a reopen left the delete in a closed segment and an empty newest
+    one, the load's merge saw "nothing logged", and the delete replayed over the loaded user."""
+    with SeqVault.open(tmp_path / "s", schema=SCHEMA) as sv:
+        sv.bulk_load([7], ev(1))
+        sv.delete([7])
+        sv.wal.rotate()  # the delete now sits in a closed segment; the newest is empty
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert sv.wal.offset == 0 and sv.wal.segment_id > sv.manifest.wal_start
+        sv.bulk_load([7, 7], ev(10, 11))
+        assert items(sv, 7) == [10, 11]
+    with SeqVault.open(tmp_path / "s") as sv:
+        assert items(sv, 7) == [10, 11]
