@@ -62,7 +62,7 @@ def bulk_load(state: StoreState, uids: np.ndarray, columns: dict[str, np.ndarray
         # the load would remove what it wrote. Deletes wait for job_lock, so none can be logged
         # until the load has committed; appends that arrive meanwhile replay on top, as they should.
         merge(state)
-        kill_point("bulk_load.after_rotate")
+        kill_point("bulk_load.after_merge")
         empty = _Sorted(np.empty(0, np.uint64), np.zeros(1, np.int64), state.schema.empty_columns())
         rows = _fold(empty, [_Batch(np.ascontiguousarray(uids), columns)])
         change = Change()

@@ -17,7 +17,7 @@ KILL_POINTS: tuple[str, ...] = (
     "wal.rotate.after_fsync", "wal.rotate.after_create",
     "merge.after_swap", "job.after_write", "job.after_data_sync",
     "commit.after_snapshot", "commit.after_manifest", "commit.after_cleanup",
-    "reclaim.after_copy", "reclaim.after_commit", "bulk_load.after_rotate", "bulk_load.after_commit",
+    "reclaim.after_copy", "reclaim.after_commit", "bulk_load.after_merge", "bulk_load.after_commit",
     "delete.after_log",
 )
 
