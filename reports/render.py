@@ -323,10 +323,13 @@ def render_html(results: ResultSet, inputs: PlanInputs | None = None, sources: I
                            style_css=(TEMPLATES / "style.css").read_text())
 
 
-def write_report(paths: Iterable[str | Path], output: str | Path, inputs: PlanInputs | None = None) -> ResultSet:
-    """Load ``paths``, render the report to ``output`` (written atomically) and return what was loaded."""
+def write_report(paths: Iterable[str | Path], output: str | Path, inputs: PlanInputs | None = None,
+                 results: ResultSet | None = None) -> ResultSet:
+    """Load ``paths`` (unless ``results`` already holds them), render the report to ``output``
+    (written atomically) and return what was loaded."""
     paths = [str(p) for p in paths]
-    results = load_results(paths)
+    if results is None:
+        results = load_results(paths)
     html = render_html(results, inputs, paths)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -253,13 +253,9 @@ class SeqVault:
         try:
             with self._job():
                 jobs.merge(st)
-        except SeqVaultError as e:
-            if self._closed or self._io.failure is not None:
-                raise
-            raise BackpressureError(
-                f"the update buffer holds {st.buffered_events()} events (limit {limit}) and the merge that "
-                f"would make room failed: {e}; the append was not stored") from e
         except Exception as e:
+            if self._closed or self._io.failure is not None:
+                raise  # closed or fail-stopped: that error says what to do, not backpressure
             raise BackpressureError(
                 f"the update buffer holds {st.buffered_events()} events (limit {limit}) and the merge that "
                 f"would make room failed: {e}; the append was not stored") from e

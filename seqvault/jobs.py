@@ -19,7 +19,7 @@ from seqvault.codec import encode_records
 from seqvault.datafile import DataFile
 from seqvault.errors import CorruptionError
 from seqvault.killpoints import kill_point
-from seqvault.records import entry_problem
+from seqvault.records import entry_problem, trailing_checksums
 from seqvault.seqmerge import csr_concat_groups, csr_groups, newest_per_group
 from seqvault.state import Change, JobOutput, StoreState
 
@@ -93,7 +93,7 @@ def _write_sequences(state: StoreState, rows: _Sorted, out: JobOutput, change: C
         buf, rec_offsets = encode_records(users, offsets, merged, schema)
         fid, base = out.append(buf)
         change.upserts.append((users, np.full(len(users), fid, np.int64), base + rec_offsets[:-1],
-                               np.diff(rec_offsets), np.diff(offsets), _trailing_checksums(buf, rec_offsets)))
+                               np.diff(rec_offsets), np.diff(offsets), trailing_checksums(buf, rec_offsets)))
     kill_point("job.after_write")
     out.sync()
     change.replaced.append(entries)
@@ -106,13 +106,6 @@ def _chunks(counts: np.ndarray) -> list[tuple[int, int]]:
     bounds = np.searchsorted(cum, np.arange(_CHUNK_EVENTS, int(cum[-1]), _CHUNK_EVENTS), side="right")
     edges = sorted({0, *(int(b) for b in bounds if 0 < b < len(counts)), len(counts)})
     return list(itertools.pairwise(edges))
-
-
-def _trailing_checksums(buf: np.ndarray, rec_offsets: np.ndarray) -> np.ndarray:
-    """The CRC-32 each record ends with (what the index keeps), read without a Python loop."""
-    ends = rec_offsets[1:].astype(np.int64)
-    b = buf[ends[:, None] - 4 + np.arange(4)].astype(np.uint64)
-    return b[:, 0] | (b[:, 1] << np.uint64(8)) | (b[:, 2] << np.uint64(16)) | (b[:, 3] << np.uint64(24))
 
 
 def reclaim(state: StoreState, live_fraction: float) -> int:

@@ -48,6 +48,17 @@ def read_raw(files: Mapping[int, DataFile], file_ids: np.ndarray, offsets: np.nd
     return buf, rec_offsets
 
 
+def _gather_le(buf: np.ndarray, positions: np.ndarray, nbytes: int) -> np.ndarray:
+    """The little-endian unsigned ``nbytes``-byte integer at each of ``positions`` (no Python loop)."""
+    b = buf[positions.astype(np.int64)[:, None] + np.arange(nbytes)].astype(np.uint64)
+    return (b << (np.arange(nbytes, dtype=np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
+
+
+def trailing_checksums(buf: np.ndarray, rec_offsets: np.ndarray) -> np.ndarray:
+    """The CRC-32 each record in ``buf`` ends with (what the index keeps), as uint64."""
+    return _gather_le(buf, rec_offsets[1:] - CHECKSUM_SIZE, CHECKSUM_SIZE)
+
+
 def first_mismatch(buf: np.ndarray, rec_offsets: np.ndarray, users: np.ndarray, checksums: np.ndarray) -> int:
     """Index of the first record whose header user or trailing checksum differs from the index; -1 if none.
 
@@ -59,11 +70,8 @@ def first_mismatch(buf: np.ndarray, rec_offsets: np.ndarray, users: np.ndarray, 
     ends = rec_offsets[1:]
     if (ends - starts < _USER_AT + 8 + CHECKSUM_SIZE).any():
         return int(np.flatnonzero(ends - starts < _USER_AT + 8 + CHECKSUM_SIZE)[0])
-    uid = buf[starts[:, None] + _USER_AT + np.arange(8)].astype(np.uint64)
-    uid = (uid << (np.arange(8, dtype=np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
-    crc = buf[ends[:, None] - CHECKSUM_SIZE + np.arange(4)].astype(np.uint64)
-    crc = (crc << (np.arange(4, dtype=np.uint64) * np.uint64(8))).sum(axis=1, dtype=np.uint64)
-    bad = (uid != users.astype(np.uint64)) | (crc != checksums.astype(np.uint64))
+    uid = _gather_le(buf, starts + _USER_AT, 8)
+    bad = (uid != users.astype(np.uint64)) | (trailing_checksums(buf, rec_offsets) != checksums.astype(np.uint64))
     return int(np.flatnonzero(bad)[0]) if bad.any() else -1
 
 
@@ -115,4 +123,4 @@ def read_one(dfile: DataFile, entry: object, schema: Schema, fields: list[str], 
                          offset=int(entry.offset), expect_user=int(entry.user_id))
 
 
-__all__ = ["entry_problem", "first_mismatch", "read_one", "read_raw", "read_records"]
+__all__ = ["entry_problem", "first_mismatch", "read_one", "read_raw", "read_records", "trailing_checksums"]

@@ -101,6 +101,12 @@ class SimulatedDisk(FileSystem):
                     return fault
         return None
 
+    def _enter(self, op: str, path: Path | None) -> None:
+        """Count the call; raise its injected fault, if any (for calls with no short variant)."""
+        fault = self._step(op, path)
+        if fault is not None:
+            self._raise(fault, path)
+
     def _path(self, fd: int) -> Path | None:
         entry = self._fds.get(fd)
         return entry[1] if entry else None
@@ -170,9 +176,7 @@ class SimulatedDisk(FileSystem):
     # -- the FileSystem calls ---------------------------------------------------------------------
     def open(self, path: Path, flags: int, mode: int = 0o644) -> int:
         creating = bool(flags & os.O_CREAT) and not Path(path).exists()
-        fault = self._step("open_create" if creating else "open", Path(path))
-        if fault is not None:
-            self._raise(fault, Path(path))
+        self._enter("open_create" if creating else "open", Path(path))
         fd = self.base.open(path, flags, mode)
         ident = self._identify(Path(path), new=creating)
         self._fds[fd] = (ident, Path(path))
@@ -212,9 +216,7 @@ class SimulatedDisk(FileSystem):
                            lambda n: self.base.pwrite(fd, view if n is None else view[:n], offset))
 
     def preadv(self, fd: int, buffers: list, offset: int) -> int:
-        fault = self._step("preadv", self._path(fd))
-        if fault is not None:
-            self._raise(fault, self._path(fd))
+        self._enter("preadv", self._path(fd))
         return self.base.preadv(fd, buffers, offset)
 
     def fsync(self, fd: int) -> None:
@@ -233,36 +235,26 @@ class SimulatedDisk(FileSystem):
         self.fsyncs[path.name if path else "?"] += 1
 
     def ftruncate(self, fd: int, size: int) -> None:
-        fault = self._step("ftruncate", self._path(fd))
-        if fault is not None:
-            self._raise(fault, self._path(fd))
+        self._enter("ftruncate", self._path(fd))
         self.base.ftruncate(fd, size)
 
     def fsync_dir(self, directory: Path) -> None:
-        fault = self._step("fsync_dir", Path(directory))
-        if fault is not None:
-            self._raise(fault, Path(directory))
+        self._enter("fsync_dir", Path(directory))
         self.base.fsync_dir(directory)
         if Path(directory) == self.directory and "<dir>" not in self.lying_fsync:
             self._dir = {p.name: self._identify(p) for p in self.directory.iterdir() if p.is_file()}
         self.fsyncs["<dir>"] += 1
 
     def replace(self, src: Path, dst: Path) -> None:
-        fault = self._step("replace", Path(dst))
-        if fault is not None:
-            self._raise(fault, Path(dst))
+        self._enter("replace", Path(dst))
         self.base.replace(src, dst)
 
     def unlink(self, path: Path) -> None:
-        fault = self._step("unlink", Path(path))
-        if fault is not None:
-            self._raise(fault, Path(path))
+        self._enter("unlink", Path(path))
         self.base.unlink(path)
 
     def read_file(self, path: Path) -> bytes:
-        fault = self._step("read_file", Path(path))
-        if fault is not None:
-            self._raise(fault, Path(path))
+        self._enter("read_file", Path(path))
         return self.base.read_file(path)
 
     def wal_fsyncs(self) -> int:

@@ -197,8 +197,8 @@ class WriteAheadLog:
         self._io = io
         self._fd, self._offset = self._open_segment(segment_id)
         first = segment_id if first_segment is None else first_segment
-        self._sizes = {s: _size(directory / segment_name(s)) for s in range(first, segment_id)}
-        self._sizes = {s: n for s, n in self._sizes.items() if n is not None}
+        sizes = {s: _size(directory / segment_name(s)) for s in range(first, segment_id)}
+        self._sizes = {s: n for s, n in sizes.items() if n is not None}
         self._sizes[segment_id] = self._offset
         self._cond = threading.Condition()
         self._written = 0  # log sequence numbers count bytes written by this process, across segments

@@ -46,7 +46,7 @@ def report(results: tuple[Path, ...], output: Path, **plan_inputs: float) -> Non
         raise RunFailed(f"no result file could be read under {', '.join(map(str, results))} "
                         f"({len(found.problems)} skipped, listed above); nothing written to {output}. "
                         "Pass result directories written by storagebench table1, run, e2e, ...")
-    loaded = write_report(results, output, inputs)
+    loaded = write_report(results, output, inputs, found)
     kinds = ", ".join(sorted(loaded.kinds)) or "none"
     click.echo(f"loaded {len(loaded.results)} result file(s) ({kinds})", err=True)
     click.echo(str(output.resolve()))
