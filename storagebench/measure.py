@@ -1,7 +1,8 @@
 """What the harness measures, read from the OS and from HdrHistograms.
 
-- CPU: user + system seconds of the storage-node process, all threads (RocksDB's compaction threads
-  and SeqVault's merge included), from ``psutil``.
+- CPU: user + system seconds of the storage-node process and every process under it, all threads
+  (RocksDB's compaction threads, SeqVault's merge, a Redis server the binding started and the
+  AOF-rewrite children it reaped), from ``psutil``.
 - I/O: ``/proc/<pid>/io`` (``read_bytes``/``write_bytes`` are what reached the block device;
   ``rchar``/``wchar`` include page-cache hits).
 - Latency: HdrHistograms in microseconds, 1 µs to 1 h at 3 significant digits.
@@ -69,8 +70,19 @@ class ProcessSnapshot:
 
     @classmethod
     def take(cls, pid: int) -> ProcessSnapshot:
-        cpu = psutil.Process(pid).cpu_times()
-        return cls(time.monotonic(), cpu.user, cpu.system, read_proc_io(pid))
+        """The process and its descendants together (a store may run its server as a child)."""
+        user = system = 0.0
+        io: dict[str, int] = {}
+        for proc in process_tree(pid):
+            try:
+                cpu = proc.cpu_times()
+            except psutil.NoSuchProcess:  # exited between listing and reading: its parent reaps its time
+                continue
+            user += cpu.user + cpu.children_user
+            system += cpu.system + cpu.children_system
+            for k, v in read_proc_io(proc.pid).items():
+                io[k] = io.get(k, 0) + v
+        return cls(time.monotonic(), user, system, io)
 
     @property
     def cpu_s(self) -> float:
@@ -111,10 +123,10 @@ class CpuSampler:
 
     def _run(self) -> None:
         node, gen = psutil.Process(self.node_pid), psutil.Process(os.getpid())
-        last_t, last_node, last_gen = time.monotonic(), _cpu(node), _cpu(gen)
+        last_t, last_node, last_gen = time.monotonic(), _cpu(node), _cpu(gen, tree=False)
         while not self._stop.wait(self.interval_s):
             try:
-                t, n, g = time.monotonic(), _cpu(node), _cpu(gen)
+                t, n, g = time.monotonic(), _cpu(node), _cpu(gen, tree=False)
             except psutil.Error:
                 return
             dt = max(t - last_t, 1e-9)
@@ -154,9 +166,28 @@ def time_weighted_mean(series: list[list[float]]) -> float | None:
     return float(np.trapezoid(v, t) / span) if span > 0 else float(v.mean())
 
 
-def _cpu(p: psutil.Process) -> float:
-    c = p.cpu_times()
-    return c.user + c.system
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and every live process under it."""
+    root = psutil.Process(pid)
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [root]
+
+
+def _cpu(p: psutil.Process, tree: bool = True) -> float:
+    """CPU seconds of ``p``, with ``tree`` also of its descendants (reaped children included)."""
+    if not tree:
+        c = p.cpu_times()
+        return c.user + c.system
+    total = 0.0
+    for proc in process_tree(p.pid):
+        try:
+            c = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += c.user + c.system + c.children_user + c.children_system
+    return total
 
 
 def cores_for_target(cpu_s_per_op: float, target_qps: float, target_utilisation: float) -> float:

@@ -22,3 +22,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def require_redis_server() -> None:
+    """Tests of the Redis binding need Debian's redis-server. In CI (CI=true), where `.ci/run`
+    installs it, a missing server fails the test; elsewhere it skips with the same reason."""
+    from storagebench.stores import StoreError
+    from storagebench.stores.redis_lastn import redis_server_binary
+
+    try:
+        redis_server_binary()
+    except StoreError as e:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must provide redis-server: {e}")
+        pytest.skip(str(e))

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require_redis_server
 
 from seqvault.schema import Field, Schema, SchemaError
 from storagebench.stores import StoreError, open_store, store_names
@@ -19,11 +20,13 @@ from storagebench.stores.text_codec import (
 
 SCHEMA = Schema([Field("item", "uint64"), Field("action", "int8"), Field("dwell", "int32"),
                  Field("ts", "int64")], time_field="ts", name="contract")
-STORES = ["memory", "rocksdb_lastn", "rocksdb_packed", "seqvault"]
+STORES = ["memory", "rocksdb_lastn", "rocksdb_packed", "seqvault", "redis_lastn"]
 DISK_STORES = [s for s in STORES if s != "memory"]
 
 
 def _open(name: str, path, **kw):
+    if name == "redis_lastn":
+        require_redis_server()
     if name not in store_names():
         pytest.skip(f"store {name!r} is not available in this checkout")
     return open_store(name, str(path), SCHEMA, **kw)

@@ -13,7 +13,8 @@ from storagebench.cli.replay_options import build_config, load_workload, parse_c
 
 @click.command("run")
 @click.option("--store", "stores", multiple=True, required=True,
-              help="Store to measure: rocksdb_lastn, rocksdb_packed, seqvault, memory (an in-process dict) or "
+              help="Store to measure: rocksdb_lastn, rocksdb_packed, seqvault, redis_lastn (Debian's "
+                   "redis-server, started by the binding, AOF everysec), memory (an in-process dict) or "
                    "null (the harness floor: prebuilt reads, appends dropped). Repeat to measure several in "
                    "turn and cross-check their answers.")
 @click.option("--dram-budget-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,

@@ -173,7 +173,11 @@ def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str,
     """The options the binding is opened with, and warnings (e.g. O_DIRECT not supported here)."""
     warnings = []
     direct = cfg.io == "direct"
-    if direct and not o_direct_supported(store_dir):
+    if direct and not store_class(store).supports_direct_io:
+        warnings.append(f"{store} cannot bypass the page cache (its data set lives in DRAM, its log is "
+                        f"written buffered): --io direct does not apply to it")
+        direct = False
+    elif direct and not o_direct_supported(store_dir):
         warnings.append(f"the filesystem of {store_dir} refuses O_DIRECT: running {store} with buffered I/O")
         direct = False
     opts = {"max_len": cfg.max_len, "direct_io": direct, "dram_budget_bytes": cfg.dram_budget_bytes,

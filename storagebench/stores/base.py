@@ -38,6 +38,8 @@ class Store(ABC):
     thread_safe: ClassVar[bool] = False
     # False for the harness-floor store, whose reads are not what was appended (no correctness checks).
     returns_stored_data: ClassVar[bool] = True
+    # False for a store that cannot bypass the page cache (Redis: the data set lives in DRAM).
+    supports_direct_io: ClassVar[bool] = True
 
     def __init__(self, path: str, schema: Schema, *, max_len: int = 1000, direct_io: bool = False,
                  dram_budget_bytes: int = 64 << 20, **options: Any) -> None:
