@@ -165,6 +165,7 @@ def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
         "measured_appends": int((kinds[measured_from:] == OP_NAMES.index("append")).sum()),
         "measured_appended_events": int(schedule.appended_events[measured_from:].sum()),
         "window_s": schedule.window_s, "warmup_s": cfg.warmup_s,
+        "users": len(counts),  # users with a stored sequence (backfill or live appends)
     }
     return PreparedWorkload(schedule, np.sort(pick.astype(np.uint64)), stored, backfill_events, info)
 
@@ -305,6 +306,7 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         "p50_ms": read_latency["p50_ms"], "p99_ms": read_latency["p99_ms"], "p999_ms": read_latency["p999_ms"],
         "disk_bytes": disk_steady, "disk_bytes_max": block["disk"]["max_bytes"],
         "disk_bytes_compacted": compacted["total"], "ops_per_s": replayed["achieved_ops_per_s"],
+        "cpu_s_per_op": cpu_s_per_op, "dram_bytes": int(stats.get("dram_bytes", 0)),
     })
     return block, sample
 

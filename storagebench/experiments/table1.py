@@ -52,7 +52,7 @@ PAPER_TABLE1 = {
 
 
 HEADLINE = ("cpu_cores", "cpu_usage_pct", "p50_ms", "p99_ms", "p999_ms", "disk_bytes", "disk_bytes_max",
-            "disk_bytes_compacted", "ops_per_s")
+            "disk_bytes_compacted", "ops_per_s", "cpu_s_per_op", "dram_bytes")
 FLOOR_STORE = "null"
 
 
