@@ -157,3 +157,40 @@ def flops_by_length(rows: list[dict[str, Any]], div_id: str) -> str | None:
     fig.update_yaxes(type="log", title="FLOPs per sample")
     fig.update_layout(title="FLOPs by sequence length (analytic solid, measured dotted)")
     return to_div(fig, div_id, legend_below=True)
+
+
+def capacity_curves(sweeps: list[dict[str, Any]], div_id: str) -> str | None:
+    """Read P99 against achieved throughput, one line per store's sweep; each SLO as a dashed line,
+    each store's sustainable step circled, steps that were not valid drawn hollow."""
+    fig = go.Figure()
+    slos: set[float] = set()
+    for sw in sweeps:
+        steps = [s for s in sw["steps"] if number(s.get("achieved_ops_per_s")) and number(s.get("p99_ms"))]
+        if not steps:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[number(s["achieved_ops_per_s"]) for s in steps], y=[number(s["p99_ms"]) for s in steps],
+            mode="lines+markers", name=sw["label"],
+            marker={"size": 9, "symbol": ["circle" if s.get("valid") else "circle-open" for s in steps]},
+            customdata=[[number(s.get("target_ops_per_s")), number(s.get("cpu_usage_pct")),
+                         "within SLO" if s.get("within_slo") else ("over SLO" if s.get("valid") else "not valid")]
+                        for s in steps],
+            hovertemplate=("offered %{customdata[0]:,.0f} ops/s, achieved %{x:,.0f}: P99 %{y:.2f} ms, "
+                           "CPU %{customdata[1]:.0f}% (%{customdata[2]})<extra>" + sw["label"] + "</extra>")))
+        best = number(sw.get("sustainable"))
+        if best:
+            at = [s for s in steps if number(s["achieved_ops_per_s"]) == best]
+            if at:
+                fig.add_trace(go.Scatter(x=[best], y=[number(at[0]["p99_ms"])], mode="markers", showlegend=False,
+                                         marker={"size": 18, "symbol": "circle-open", "line": {"width": 2}},
+                                         hoverinfo="skip"))
+        if number(sw.get("slo_ms")):
+            slos.add(float(sw["slo_ms"]))
+    if not fig.data:
+        return None
+    for slo in sorted(slos):
+        fig.add_hline(y=slo, line_dash="dash", line_color="red", annotation_text=f"SLO {slo:g} ms")
+    fig.update_xaxes(title="achieved throughput (ops/s)")
+    fig.update_yaxes(type="log", title="read P99 from intended start (ms)")
+    fig.update_layout(title="Capacity curves: read P99 against throughput (hollow: step not valid)")
+    return to_div(fig, div_id)

@@ -30,9 +30,12 @@ class StoreRun:
         return f"{self.store} ({self.source})"
 
 
+REPLAY_KINDS = ("table1", "run", "compare")  # result kinds whose ``rows`` are per-store replay blocks
+
+
 def store_runs(results: ResultSet) -> list[StoreRun]:
     runs: list[StoreRun] = []
-    for res in results.of_kind("table1") + results.of_kind("run"):
+    for res in [r for kind in REPLAY_KINDS for r in results.of_kind(kind)]:
         rows = res.data.get("rows")
         if not isinstance(rows, dict):
             results.problems.append(f"{res.path} has no \"rows\" object of per-store results; skipped")
@@ -41,6 +44,54 @@ def store_runs(results: ResultSet) -> list[StoreRun]:
             if isinstance(block, dict):
                 runs.append(StoreRun(store=str(name), source=res.label, detail=block, doc=res.data))
     return runs
+
+
+@dataclass
+class SweepRun:
+    """A store's capacity sweep: its steps and the full block at the sustainable rate."""
+
+    store: str
+    source: str
+    doc: dict[str, Any]
+
+    @property
+    def per_core(self) -> float | None:
+        return number(self.doc.get("sustainable_ops_per_s_per_core"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.store} (sweep, P99 <= {number(self.doc.get('slo_ms')) or 0:g} ms, {self.source})"
+
+
+def sweep_runs(results: ResultSet) -> list[SweepRun]:
+    out = []
+    for res in results.of_kind("sweep"):
+        if not isinstance(res.data.get("steps"), list):
+            results.problems.append(f"{res.path} has no \"steps\" list of sweep steps; skipped")
+            continue
+        out.append(SweepRun(str(res.data.get("store", "?")), res.label, res.data))
+    return out
+
+
+def sweep_store_costs(sweep: SweepRun) -> tuple[StoreCosts | None, list[str]]:
+    """The planner's inputs from a sweep: bytes and DRAM from the block at the sustainable rate, and
+    CPU per op = 1 / the sustainable ops/s per core (so cores follow the SLO, not a utilisation target)."""
+    rows = sweep.doc.get("rows") if isinstance(sweep.doc.get("rows"), dict) else {}
+    block = rows.get(sweep.store)
+    per_core = sweep.per_core
+    if not isinstance(block, dict) or not per_core:
+        return None, ["a step within the SLO (sustainable_ops_per_s_per_core and its block in rows)"]
+    run = StoreRun(store=sweep.store, source=sweep.source, detail=block, doc=sweep.doc)
+    base, missing = store_costs(run)
+    if base is None:
+        return None, missing
+    per_op = 1.0 / per_core
+    appends = number(run.get("latency.append.count"))
+    appended = number(run.get("io.appended_events"))
+    per_append_event = per_op / (appended / appends) if appends and appended else per_op
+    return replace(base, store=sweep.label, cpu_s_per_read=per_op, cpu_s_per_append=per_append_event,
+                   slo_bound=True, source=f"{sweep.source}; CPU: 1 / {per_core:,.0f} ops/s per core within "
+                                          f"{number(sweep.doc.get('slo_ms')) or 0:g} ms P99"), []
 
 
 def _users(run: StoreRun) -> float | None:
@@ -73,14 +124,18 @@ def store_costs(run: StoreRun) -> tuple[StoreCosts | None, list[str]]:
     seq_len = _first_number(pick(run.doc, "run_config.max_len"), run.get("config.max_len", "run_config.max_len"))
     bpe = number(run.get("disk.bytes_per_event"))
     users = _users(run)
-    index = _first_number(run.get("stats.index_bytes"), run.get("stats.estimate-table-readers-mem"))
+    # DRAM that grows with users: SeqVault's hash index, RocksDB's table readers outside the block
+    # cache, or (Redis) the whole resident data set
+    index = _first_number(run.get("stats.index_bytes"), run.get("stats.estimate-table-readers-mem"),
+                          run.get("stats.resident_data_bytes"))
     index_per_user = index / users if index is not None and users else None
     for name, value in (("cpu.cpu_s_per_op", cpu_read),
                         ("appended events per append (schedule.measured_appended_events / measured_appends)",
                          cpu_append),
                         ("run_config.max_len (sequence length read)", seq_len),
                         ("disk.bytes_per_event", bpe),
-                        ("index bytes (stats.index_bytes or estimate-table-readers-mem) and user count",
+                        ("index bytes (stats.index_bytes, estimate-table-readers-mem or resident_data_bytes) "
+                         "and user count",
                          index_per_user)):
         if value is None:
             missing.append(name)
@@ -110,19 +165,32 @@ def _first_number(*values: Any) -> float | None:
     return None
 
 
-def all_store_costs(runs: list[StoreRun]) -> tuple[list[StoreCosts], list[str]]:
-    """Costs of every run that has them (names made unique by source) and why the others have none."""
+def all_store_costs(runs: list[StoreRun], sweeps: list[SweepRun] | None = None
+                    ) -> tuple[list[StoreCosts], list[str]]:
+    """Costs of every run that has them (names made unique by source), then of every sweep, and why
+    the others have none."""
     costs: list[StoreCosts] = []
     incomplete: list[str] = []
+    swept = {s.store for s in sweeps or [] if sweep_store_costs(s)[0] is not None}
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.store] = counts.get(run.store, 0) + 1
     for run in runs:
+        if run.store in swept:  # a capacity curve beats one rate: plan from the sweep
+            incomplete.append(f"{run.store} ({run.source}): planned from its capacity sweep instead of this "
+                              f"single-rate run")
+            continue
         c, missing = store_costs(run)
         if c is None:
             incomplete.append(f"{run.store} ({run.source}): missing {', '.join(missing)}")
         else:
             costs.append(replace(c, store=f"{run.store} ({run.source})") if counts[run.store] > 1 else c)
+    for sweep in sweeps or []:
+        c, missing = sweep_store_costs(sweep)
+        if c is None:
+            incomplete.append(f"{sweep.label}: missing {', '.join(missing)}")
+        else:
+            costs.append(c)
     return costs, incomplete
 
 

@@ -1,10 +1,13 @@
 """Find and read result files; never raise on a bad or missing one, record a problem instead.
 
-A result directory holds one JSON file with a ``"kind"`` key (``table1``, ``run``, ``e2e``, ``flops``,
-``paper_tables``, ``serve_bench``) and, for replay runs, HDR interval logs (``*.hlog``) beside it.
+A result directory holds one JSON file with a ``"kind"`` key (``table1``, ``run``, ``compare``,
+``sweep``, ``e2e``, ``flops``, ``paper_tables``, ``serve_bench``) and, for replay runs, HDR interval logs (``*.hlog``) beside it.
 A path given on the command line may be such a directory, a parent of several, or a JSON file.
 
-Formats read: ``table1``/``run`` as documented in ``storagebench/results.py`` (HDR logs in ``hdr/``);
+Formats read: ``table1``/``run``/``compare`` as documented in ``storagebench/results.py`` (HDR logs in
+``hdr/``; ``compare`` adds ``compare``: rows keyed by store with costs, prices, assumptions); ``sweep``
+as written by ``storagebench/experiments/sweep.py`` (``steps``, ``sustainable_ops_per_s[_per_core]``,
+``rows``: the full block at the sustainable rate);
 ``flops``, ``paper_tables`` and ``serve_bench`` as written by those commands; and ``e2e``::
 
     kind "e2e", budget_ms, machine, workload, and runs: [ {            (or one run at the top level)
@@ -29,6 +32,8 @@ from typing import Any
 PRODUCED_BY: dict[str, str] = {
     "table1": "storagebench table1 --out results/table1   (or: tox -e bench)",
     "run": "storagebench run ... --out DIR",
+    "compare": "storagebench compare --store seqvault --store rocksdb_lastn --store redis_lastn --out DIR",
+    "sweep": "storagebench sweep --store STORE --auto --out DIR",
     "e2e": "storagebench e2e ... --out DIR",
     "flops": "storagebench flops --out DIR",
     "paper_tables": "storagebench paper-tables --out DIR",

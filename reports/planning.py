@@ -26,7 +26,10 @@ ASSUMPTIONS: tuple[str, ...] = (
     "(read cost grows linearly with events returned). CPU per appended event = measured CPU seconds per append "
     "operation ÷ events per append operation. Where a run records only its CPU per operation over its mix of "
     "reads and appends, that blended figure is used for both (the costs table says so).",
-    "Cores per zone = busy cores ÷ target CPU utilisation; nodes for CPU = cores ÷ node cores.",
+    "Cores per zone = busy cores ÷ target CPU utilisation; nodes for CPU = cores ÷ node cores. Where a capacity "
+    "sweep measured the store (storagebench sweep), its CPU per operation is 1 ÷ the highest rate per core that "
+    "kept read P99 within the sweep's SLO, and cores per zone = busy cores: the SLO, not the utilisation target, "
+    "sets the headroom.",
     "DRAM per zone = index bytes per user × users × replication + (update buffer + block cache) on every node. "
     "Index bytes per user: SeqVault's DRAM hash index; RocksDB's table-reader memory outside the block cache "
     "(its index and filter blocks live in the cache). Buffer = configured memtables or the measured update "
@@ -95,6 +98,7 @@ class StoreCosts:
     buffer_bytes_per_node: float
     cache_bytes_per_node: float
     source: str = ""
+    slo_bound: bool = False  # CPU per op from a sweep's sustainable rate: no utilisation divisor
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def plan_store(inputs: PlanInputs, costs: StoreCosts) -> dict[str, float | int |
     appends_per_s_zone = appends_per_s * inputs.replication
     cpu_s_per_read = costs.cpu_s_per_read * inputs.seq_len / costs.measured_seq_len
     busy_cores_zone = reads_per_s_zone * cpu_s_per_read + appends_per_s_zone * costs.cpu_s_per_append
-    cores_zone = busy_cores_zone / inputs.target_util
+    cores_zone = busy_cores_zone if costs.slo_bound else busy_cores_zone / inputs.target_util
     nodes_cpu = ceil_count(cores_zone / inputs.node_cores)
 
     index_bytes_zone = costs.index_bytes_per_user * users * inputs.replication

@@ -17,7 +17,15 @@ import jinja2
 from plotly.offline import get_plotlyjs
 
 from reports import charts
-from reports.costs import all_store_costs, e2e_runs, ranker_capacities, store_runs
+from reports.costs import (
+    REPLAY_KINDS,
+    SweepRun,
+    all_store_costs,
+    e2e_runs,
+    ranker_capacities,
+    store_runs,
+    sweep_runs,
+)
 from reports.hlog import curve_from_hlog
 from reports.loader import PRODUCED_BY, ResultSet, load_results, number, pick
 from reports.planning import ASSUMPTIONS, PlanInputs, pick_ranker_capacities
@@ -128,9 +136,61 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return text
 
 
+def _compare_section(results: ResultSet) -> dict[str, Any]:
+    """One cost table per compare.json: the shoot-out as measured, with its prices and assumptions."""
+    tables = []
+    for res in results.of_kind("compare"):
+        cmp = res.data.get("compare") if isinstance(res.data.get("compare"), dict) else {}
+        rows = cmp.get("rows") if isinstance(cmp.get("rows"), dict) else {}
+        body = []
+        for name, r in rows.items():
+            if not isinstance(r, dict):
+                continue
+            cost = r.get("cost") if isinstance(r.get("cost"), dict) else {}
+            body.append({"store": name, "valid": r.get("valid", True),
+                         "reasons": "; ".join(str(x) for x in r.get("invalid_reasons") or []),
+                         "cells": [_cell(res.data.get("rows", {}).get(name, r), "cpu_usage_pct"),
+                                   _cell(res.data.get("rows", {}).get(name, r), "p99_ms"), fmt_num(r.get("p999_ms")),
+                                   fmt_bytes(r.get("disk_bytes")), fmt_num(r.get("dram_bytes_per_user")),
+                                   fmt_num(r.get("cpu_us_per_op")),
+                                   f"${fmt_num(r.get('cost_per_million_users_month'))}",
+                                   f"${fmt_num(cost.get('cpu_usd'))}", f"${fmt_num(cost.get('dram_usd'))}",
+                                   f"${fmt_num(cost.get('ssd_usd'))}"]})
+        floor = res.data.get("floor") if isinstance(res.data.get("floor"), dict) else None
+        prices = cmp.get("prices") if isinstance(cmp.get("prices"), dict) else {}
+        tables.append({"source": res.label, "path": str(res.path), "rows": body, "users": cmp.get("users"),
+                       "floor_p99": fmt_num(floor.get("p99_ms")) if floor else None,
+                       "prices": [f"core-hour ${fmt_num(prices.get('core_hour_usd'), 4)}",
+                                  f"DRAM ${fmt_num(prices.get('dram_gib_month_usd'))}/GiB-month",
+                                  f"SSD ${fmt_num(prices.get('ssd_tib_month_usd'))}/TiB-month"] if prices else [],
+                       "price_source": prices.get("source"), "repeats": res.data.get("repeats", 1),
+                       "assumptions": [str(a) for a in cmp.get("assumptions") or []]})
+    return {"tables": tables, "columns": ["CPU usage %", "P99 ms", "p99.9 ms", "disk", "DRAM B / user",
+                                          "CPU µs / op", "$ / M users / month", "CPU $", "DRAM $", "SSD $"],
+            "missing": None if tables else _missing("compare", "store shoot-out (compare.json)")}
+
+
+def _sweep_section(sweeps: list[SweepRun]) -> dict[str, Any]:
+    """Latency-vs-throughput curves of every swept store on one chart, and each one's sustainable rate."""
+    curves, rows = [], []
+    for sw in sweeps:
+        d = sw.doc
+        steps = [s for s in d["steps"] if isinstance(s, dict)]
+        curves.append({"label": f"{sw.store} ({sw.source})", "steps": steps, "slo_ms": d.get("slo_ms"),
+                       "sustainable": d.get("sustainable_ops_per_s")})
+        rows.append([sw.store, sw.source, fmt_num(d.get("slo_ms")), str(len(steps)),
+                     fmt_num(d.get("sustainable_ops_per_s")) if d.get("sustainable_ops_per_s") is not None
+                     else "none within the SLO",
+                     fmt_num(d.get("sustainable_ops_per_s_per_core")), fmt_num(d.get("cpu_usage_pct_at_sustainable")),
+                     fmt_num(d.get("lowest_failing_ops_per_s"))])
+    chart = charts.capacity_curves(curves, "chart-capacity") if curves else None
+    return {"chart": chart, "rows": rows,
+            "missing": None if chart else _missing("sweep", "capacity sweep (sweep.json)")}
+
+
 def _latency_section(runs: list, results: ResultSet) -> dict[str, Any]:
     curves = []
-    for res in results.of_kind("table1") + results.of_kind("run"):
+    for res in [r for kind in REPLAY_KINDS for r in results.of_kind(kind)]:
         for hlog in res.hlogs:
             if ".service." in hlog.name:  # service-time logs are summarised in the table below
                 continue
@@ -268,8 +328,8 @@ def _models_section(results: ResultSet) -> dict[str, Any]:
             "serve_table": _scalar_table("Serving throughput (serve-bench)", serve_rows),
             "missing": missing}
 
-def _planning_section(runs: list, results: ResultSet, inputs: PlanInputs) -> dict[str, Any]:
-    costs, incomplete = all_store_costs(runs)
+def _planning_section(runs: list, sweeps: list[SweepRun], results: ResultSet, inputs: PlanInputs) -> dict[str, Any]:
+    costs, incomplete = all_store_costs(runs, sweeps)
     caps = ranker_capacities(results)
     return {"inputs": asdict(inputs), "fields": PLAN_FIELDS, "costs": [asdict(c) for c in costs],
             "rankers": [asdict(r) for r in caps], "incomplete": incomplete, "assumptions": ASSUMPTIONS,
@@ -295,6 +355,7 @@ def build_context(results: ResultSet, inputs: PlanInputs | None = None,
                   sources: Iterable[str] = ()) -> dict[str, Any]:
     inputs = inputs or PlanInputs()
     runs = store_runs(results)
+    sweeps = sweep_runs(results)
     latency = _latency_section(runs, results)  # may add problems (bad logs): build it before reading them
     return {
         "generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -303,10 +364,12 @@ def build_context(results: ResultSet, inputs: PlanInputs | None = None,
         "fixture_notes": sorted({str(r.data["note"]) for r in results.results if r.data.get("note")}),
         "table1": _table1_section(results),
         "latency": latency,
+        "compare": _compare_section(results),
+        "sweep": _sweep_section(sweeps),
         "resources": _resources_section(runs),
         "e2e": _e2e_section(results),
         "models": _models_section(results),
-        "planning": _planning_section(runs, results, inputs),
+        "planning": _planning_section(runs, sweeps, results, inputs),
         "config": _config_section(results),
         "problems": results.problems,
     }

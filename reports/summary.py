@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from reports.costs import all_store_costs, ranker_capacities, store_runs
+from reports.costs import all_store_costs, ranker_capacities, store_runs, sweep_runs
 from reports.loader import load_results
 from reports.planning import PlanInputs, plan
 
@@ -18,7 +18,7 @@ def plan_from_results(paths: Iterable[str | Path], inputs: PlanInputs) -> dict[s
     (unreadable or unknown result files).
     """
     results = load_results(paths)
-    costs, incomplete = all_store_costs(store_runs(results))
+    costs, incomplete = all_store_costs(store_runs(results), sweep_runs(results))
     out = plan(inputs, costs, ranker_capacities(results))
     out["costs"] = [c.__dict__ for c in costs]
     out["not_planned"] = incomplete

@@ -1,8 +1,9 @@
 """What the harness measures, read from the OS and from HdrHistograms.
 
-- CPU: user + system seconds of the storage-node process and every process under it, all threads
-  (RocksDB's compaction threads, SeqVault's merge, a Redis server the binding started and the
-  AOF-rewrite children it reaped), from ``psutil``.
+- CPU: user + system seconds of the storage-node process, all threads (RocksDB's compaction threads
+  and SeqVault's merge included), plus the helper processes its store runs (a Redis server the
+  binding started, with the AOF-rewrite children it reaped), from ``psutil``. The helpers are named
+  by the store (``Store.helper_pids``), so sampling never scans every process on the machine.
 - I/O: ``/proc/<pid>/io`` (``read_bytes``/``write_bytes`` are what reached the block device;
   ``rchar``/``wchar`` include page-cache hits).
 - Latency: HdrHistograms in microseconds, 1 µs to 1 h at 3 significant digits.
@@ -14,6 +15,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -69,18 +71,19 @@ class ProcessSnapshot:
     io: dict[str, int]
 
     @classmethod
-    def take(cls, pid: int) -> ProcessSnapshot:
-        """The process and its descendants together (a store may run its server as a child)."""
+    def take(cls, pids: int | Sequence[int]) -> ProcessSnapshot:
+        """One process, or several together (a node and the server its store runs), each with the
+        children it has reaped."""
         user = system = 0.0
         io: dict[str, int] = {}
-        for proc in process_tree(pid):
+        for pid in [pids] if isinstance(pids, int) else pids:
             try:
-                cpu = proc.cpu_times()
-            except psutil.NoSuchProcess:  # exited between listing and reading: its parent reaps its time
+                cpu = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:  # a helper that already exited: nothing more to count
                 continue
             user += cpu.user + cpu.children_user
             system += cpu.system + cpu.children_system
-            for k, v in read_proc_io(proc.pid).items():
+            for k, v in read_proc_io(pid).items():
                 io[k] = io.get(k, 0) + v
         return cls(time.monotonic(), user, system, io)
 
@@ -104,10 +107,10 @@ class CpuSampler:
     and the bytes under ``disk_dir`` if given.
 
     ``series`` rows are ``[t_s, node_cpu_pct, generator_cpu_pct]`` (+ ``disk_bytes``) where 100 % is
-    one core.
+    one core; the node's figure includes its store's helper processes (``node_pids``).
     """
 
-    node_pid: int
+    node_pids: int | Sequence[int]
     interval_s: float = 1.0
     disk_dir: str | None = None
     series: list[list[float]] = field(default_factory=list)
@@ -122,11 +125,12 @@ class CpuSampler:
         return self
 
     def _run(self) -> None:
-        node, gen = psutil.Process(self.node_pid), psutil.Process(os.getpid())
-        last_t, last_node, last_gen = time.monotonic(), _cpu(node), _cpu(gen, tree=False)
+        pids = [self.node_pids] if isinstance(self.node_pids, int) else list(self.node_pids)
+        node, gen = [psutil.Process(p) for p in pids], psutil.Process(os.getpid())
+        last_t, last_node, last_gen = time.monotonic(), _cpu(*node), _cpu(gen, reaped=False)
         while not self._stop.wait(self.interval_s):
             try:
-                t, n, g = time.monotonic(), _cpu(node), _cpu(gen, tree=False)
+                t, n, g = time.monotonic(), _cpu(*node), _cpu(gen, reaped=False)
             except psutil.Error:
                 return
             dt = max(t - last_t, 1e-9)
@@ -166,27 +170,17 @@ def time_weighted_mean(series: list[list[float]]) -> float | None:
     return float(np.trapezoid(v, t) / span) if span > 0 else float(v.mean())
 
 
-def process_tree(pid: int) -> list[psutil.Process]:
-    """``pid`` and every live process under it."""
-    root = psutil.Process(pid)
-    try:
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return [root]
-
-
-def _cpu(p: psutil.Process, tree: bool = True) -> float:
-    """CPU seconds of ``p``, with ``tree`` also of its descendants (reaped children included)."""
-    if not tree:
-        c = p.cpu_times()
-        return c.user + c.system
+def _cpu(*procs: psutil.Process, reaped: bool = True) -> float:
+    """CPU seconds of ``procs`` together, with ``reaped`` also of the children they have reaped."""
     total = 0.0
-    for proc in process_tree(p.pid):
+    for p in procs:
         try:
-            c = proc.cpu_times()
+            c = p.cpu_times()
         except psutil.NoSuchProcess:
+            if p is procs[0]:
+                raise
             continue
-        total += c.user + c.system + c.children_user + c.children_system
+        total += c.user + c.system + ((c.children_user + c.children_system) if reaped else 0.0)
     return total
 
 

@@ -417,6 +417,8 @@ class NodeClient:
         self.dead: str | None = None
         self._closed = False
         self.store_config: dict[str, Any] = self._hello(start_timeout_s)
+        # The node and the processes its store runs (a Redis server): all charged to the store.
+        self.pids: list[int] = [self.pid, *(int(x) for x in self.store_config.get("helper_pids", []))]
 
     def _hello(self, timeout_s: float) -> dict[str, Any]:
         fut: Future = Future()

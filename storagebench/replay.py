@@ -167,8 +167,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
             # Window opens: snapshot at the intended start of its first op, not after a backlog drains.
             while now() < intended[i]:
                 poll(0.0)
-            snap_start = ProcessSnapshot.take(client.pid)
-            sampler = CpuSampler(client.pid, disk_dir=disk_dir).start()
+            snap_start = ProcessSnapshot.take(client.pids)
+            sampler = CpuSampler(client.pids, disk_dir=disk_dir).start()
         target = intended[i]
         while now() < target:
             poll(0.0)
@@ -198,7 +198,7 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     gc.unfreeze()
     sys.setswitchinterval(switch_interval)
     assert snap_start is not None and sampler is not None
-    snap_end = ProcessSnapshot.take(client.pid)
+    snap_end = ProcessSnapshot.take(client.pids)
     series = sampler.stop()
     gen_cpu_s = time.process_time() - gen_cpu0
     if progress is not None:

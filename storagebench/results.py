@@ -64,7 +64,33 @@ Per-store block (``rows[name]``)::
     load            bulk load: {wall_s, cpu_s, cpu_user_s, cpu_system_s, io, events, write_amplification}
     io_mode, warnings, stats (store counters), config (store configuration), run_config
 
-``DIR/table1.csv`` (``run.csv``): one line per store with the headline values.
+``DIR/compare.json`` (``storagebench compare``): the same document as ``run.json`` (``rows`` keyed by
+store, ``floor``, ``crosscheck``; every headline value also gains ``cpu_s_per_op`` and ``dram_bytes``),
+plus ``compare``::
+
+    rows            {store: {valid, invalid_reasons, p50_ms, p99_ms, p999_ms, append_p99_ms,
+                     read_service_p99_ms, cpu_usage_pct, cpu_us_per_op, disk_bytes, disk_bytes_per_user,
+                     dram_bytes, dram_bytes_per_user, ops_per_s, offered_ops_per_s, spread, repeat_count,
+                     cost {cores_per_million_users, cpu_usd, dram_usd, ssd_usd, total_usd, ...},
+                     cost_per_million_users_month}}
+    users           users with a stored sequence (the per-user divisor)
+    prices          {core_hour_usd, dram_gib_month_usd, ssd_tib_month_usd, source}
+    demand          {target_qps, fleet_users, target_utilisation, ops_per_s_per_million_users}
+    assumptions     the cost model in words
+
+``DIR/<store>/sweep.json`` (``storagebench sweep``)::
+
+    store, mode ("auto" | "rates"), slo_ms, repeats, machine, workload, run_config
+    steps           one per offered rate, rising: {target_ops_per_s, offered_ops_per_s, achieved_ops_per_s,
+                     p50_ms, p99_ms, p999_ms, append_p99_ms, read_service_p99_ms, cpu_usage_pct, cpu_s_per_op,
+                     cpu_us_per_op, node_cores, dispatch_lag_p99_ms, disk_bytes, dram_bytes, valid,
+                     invalid_reasons, within_slo, repeats}
+    sustainable_ops_per_s           achieved rate of the highest step within the SLO (null: none)
+    sustainable_ops_per_s_per_core  that / the node's pinned cores
+    sustainable_target_ops_per_s, lowest_failing_ops_per_s, cpu_usage_pct_at_sustainable, node_cores
+    rows            {store: the full per-store block (below) of the sustainable step}
+
+``DIR/table1.csv`` (``run.csv``, ``compare.csv``): one line per store with the headline values.
 ``DIR/hdr/<store>[.r<repeat>].<op>.<latency|service>.hlog``: HdrHistogram interval logs (1 s intervals,
 microseconds; ``.r<k>`` when the run had repeats).
 """

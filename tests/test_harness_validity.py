@@ -140,7 +140,7 @@ def test_aggregate_takes_the_median_run_and_keeps_every_repeat():
                 "latency": {"read": {"service": {"p99_ms": 1}}, "append": {"latency": {"p99_ms": 2}}},
                 "generator": {"dispatch_lag_p99_ms": 0}, **dict.fromkeys(
                     ("cpu_cores", "cpu_usage_pct", "p50_ms", "p999_ms", "disk_bytes", "disk_bytes_max",
-                     "disk_bytes_compacted", "ops_per_s"), p99)}
+                     "disk_bytes_compacted", "ops_per_s", "cpu_s_per_op", "dram_bytes"), p99)}
     row = aggregate([block(3.0), block(1.0), block(2.0, valid=False)])
     assert row["p99_ms"] == 2.0 and row["spread"]["p99_ms"] == [1.0, 3.0] and row["p99_max_over_min"] == 3.0
     assert not row["valid"] and row["invalid_reasons"] == ["repeat 1: x"]

@@ -150,3 +150,31 @@ def test_store_missing_costs_names_what_is_missing() -> None:
     costs, missing = store_costs(run)
     assert costs is None
     assert "cpu.cpu_s_per_op" in missing and "disk.bytes_per_event" in missing
+
+
+def test_a_swept_store_is_sized_by_its_slo_not_by_the_utilisation_target() -> None:
+    bound = replace(COSTS, slo_bound=True)
+    for util in (0.25, 0.5, 1.0):
+        p = plan_store(replace(BASE, target_util=util), bound)
+        # 10,000 reads/s × 1e-4 s × (1000 / 500) + 2,000 appends/s × 5e-4 s = 3 cores, whatever the target
+        assert p["cores_zone"] == pytest.approx(3.0) == p["busy_cores_zone"]
+    assert plan_store(BASE, COSTS)["cores_zone"] == pytest.approx(6.0)  # single-rate: 3 / 0.5
+
+
+def test_sweep_costs_come_from_the_sustainable_rate_and_replace_single_rate_runs() -> None:
+    from reports.costs import all_store_costs, sweep_runs, sweep_store_costs
+
+    results = load_results([FIXTURES / "table1", FIXTURES / "sweep_seqvault"])
+    (sweep,) = sweep_runs(results)
+    costs, missing = sweep_store_costs(sweep)
+    assert missing == [] and costs.slo_bound
+    per_core = sweep.doc["sustainable_ops_per_s_per_core"]
+    assert costs.cpu_s_per_read == pytest.approx(1 / per_core)
+    block = sweep.doc["rows"]["seqvault"]
+    events_per_append = block["io"]["appended_events"] / block["latency"]["append"]["count"]
+    assert costs.cpu_s_per_append == pytest.approx(1 / per_core / events_per_append)
+    assert costs.bytes_per_event == block["disk"]["bytes_per_event"]  # bytes per user from the sweep's block
+    planned, notes = all_store_costs(store_runs(results), sweep_runs(results))
+    names = [c.store for c in planned]
+    assert "seqvault" not in names and sweep.label in names and "rocksdb_lastn" in names
+    assert any("seqvault (table1): planned from its capacity sweep" in n for n in notes)

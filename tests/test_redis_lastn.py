@@ -123,17 +123,20 @@ def test_a_missing_server_binary_is_one_clear_error(tmp_path, monkeypatch):
         open_store("redis_lastn", str(tmp_path / "s"), SCHEMA)
 
 
-def test_node_cpu_includes_the_server_process(tmp_path):
-    """The harness counts CPU of the node's whole process tree, so Redis's own work is charged."""
+def test_the_node_charges_the_server_process_to_the_store(tmp_path):
+    """The harness measures the node and the helper processes its store names (the Redis server)."""
     from storagebench.measure import ProcessSnapshot
+    from storagebench.node import NodeClient
 
-    with open_store("redis_lastn", str(tmp_path / "s"), SCHEMA) as store:
-        me = ProcessSnapshot.take(os.getpid())
-        server = psutil.Process(store.server.pid).cpu_times()
-        assert me.cpu_s >= server.user + server.system
+    with NodeClient("redis_lastn", str(tmp_path / "s"), SCHEMA, {}) as client:
+        (server,) = client.store_config["helper_pids"]
+        assert client.pids == [client.pid, server] and "redis-server" in psutil.Process(server).name()
+        before = ProcessSnapshot.take(client.pids)
         t_end = time.monotonic() + 0.5
         while time.monotonic() < t_end:  # make the server work
-            store.append(*events([int(time.monotonic_ns())] * 50))
-        later = ProcessSnapshot.take(os.getpid())
-        burned = psutil.Process(store.server.pid).cpu_times()
-        assert later.cpu_s - me.cpu_s >= (burned.user + burned.system) - (server.user + server.system)
+            client.call("append", *events([int(time.monotonic_ns())] * 50))
+        after = ProcessSnapshot.take(client.pids)
+        node_only = ProcessSnapshot.take(client.pid)
+        server_cpu = psutil.Process(server).cpu_times()
+        assert after.cpu_s - before.cpu_s > 0
+        assert after.cpu_s == pytest.approx(node_only.cpu_s + server_cpu.user + server_cpu.system, abs=0.05)

@@ -90,6 +90,13 @@ def test_opens_from_disk_without_network_and_charts_render(page: Any) -> None:
     assert page.locator(".plotly-graph-div .main-svg").count() >= n_charts
     assert page.locator("#chart-latency .scatterlayer .trace").count() == 6
     assert page.locator("#chart-e2e .barlayer .trace").count() == 5
+    # capacity curves: one line per swept store plus a ring on each sustainable step, and the SLO line
+    assert page.locator("#chart-capacity .scatterlayer .trace").count() == 4
+    assert "SLO 10 ms" in page.inner_text("#chart-capacity")
+    assert page.locator("#sustainable-table tr").count() == 3
+    costs = page.locator(".compare-table tr")
+    assert costs.count() == 1 + 3 + 1  # header, three stores, the floor
+    assert all("$" in costs.nth(i).inner_text() for i in range(1, 4))
     assert page.console_errors == []
 
 

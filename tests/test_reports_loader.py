@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reports.costs import e2e_runs, store_runs
+from reports.costs import e2e_runs, store_runs, sweep_runs
 from reports.hlog import curve_from_hlog
 from reports.loader import load_results, number, pick
 
@@ -14,10 +14,11 @@ FIXTURES = Path(__file__).parent / "fixtures" / "results"
 
 def test_every_fixture_kind_loads_from_the_parent_directory() -> None:
     rs = load_results([FIXTURES])  # a parent: looks one level down
-    assert rs.kinds == {"table1", "run", "e2e", "flops", "paper_tables", "serve_bench"}
+    assert rs.kinds == {"table1", "run", "compare", "sweep", "e2e", "flops", "paper_tables", "serve_bench"}
     (t1,) = [r for r in rs.of_kind("table1") if r.label == "table1"]
     assert len(t1.hlogs) == 12 and all(h.parent.name == "hdr" for h in t1.hlogs)
-    assert len(store_runs(rs)) == 3 + 1 + 1  # table1, run, partial table1
+    assert len(store_runs(rs)) == 3 + 1 + 1 + 3  # table1, run, partial table1, compare
+    assert sorted(s.store for s in sweep_runs(rs)) == ["rocksdb_lastn", "seqvault"]
     assert {run["store"] for _, run, _ in e2e_runs(rs)} == {"rocksdb_lastn", "seqvault"}
     # the truncated file is reported with a hint, the rest still loads
     assert any("broken/table1.json is not valid JSON" in p and "rerun" in p for p in rs.problems)

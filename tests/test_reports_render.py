@@ -32,9 +32,10 @@ def test_report_is_self_contained(full_html: str) -> None:
 
 
 def test_report_has_every_section_and_the_fixture_warning(full_html: str) -> None:
-    for anchor in ("table1", "latency", "resources", "e2e", "models", "planning", "config"):
+    for anchor in ("table1", "compare", "capacity", "latency", "resources", "e2e", "models", "planning", "config"):
         assert f'<section id="{anchor}">' in full_html
-    for chart in ("chart-latency", "chart-cpu", "chart-disk", "chart-amp", "chart-e2e", "chart-auc", "chart-flops"):
+    for chart in ("chart-latency", "chart-cpu", "chart-disk", "chart-amp", "chart-e2e", "chart-auc", "chart-flops",
+                  "chart-capacity"):
         assert f'id="{chart}"' in full_html
     assert "FIXTURE for tests" in full_html  # fixture files are never presented as measurements
     assert "4327.13" in full_html  # the paper's Table 1 beside ours
@@ -44,8 +45,26 @@ def test_report_has_every_section_and_the_fixture_warning(full_html: str) -> Non
     # the page carries the costs the in-browser planner recomputes from
     data = json.loads(re.search(r'<script type="application/json" id="plan-data">(.*?)</script>', full_html,
                                 re.S).group(1))
-    assert {s["store"] for s in data["stores"]} >= {"rocksdb_lastn", "rocksdb_packed", "seqvault (table1)"}
+    # a swept store is planned from its capacity curve, the others from their single-rate runs
+    names = {s["store"] for s in data["stores"]}
+    assert {"rocksdb_packed", "redis_lastn"} <= names
+    assert {"seqvault (sweep, P99 <= 10 ms, sweep_seqvault)", "rocksdb_lastn (sweep, P99 <= 10 ms, sweep_rocksdb_lastn)"} <= names
+    assert not any(n.startswith("seqvault (table1") for n in names)
+    assert "planned from its capacity sweep instead of this single-rate run" in full_html
     assert data["inputs"]["seq_len"] == 1000
+
+
+def test_report_shows_the_cost_table_and_the_capacity_curves(full_html: str) -> None:
+    section = full_html[full_html.index('<section id="compare">'):full_html.index('<section id="capacity">')]
+    for store in ("seqvault", "rocksdb_lastn", "redis_lastn"):
+        assert f"<td>{store}" in section
+    assert "$ / M users / month" in section and "DRAM B / user" in section
+    assert "Google Compute Engine" in section  # the prices' source is stated
+    assert "harness floor (null store)" in section
+    curves = full_html[full_html.index('<section id="capacity">'):full_html.index('<section id="latency">')]
+    assert 'id="chart-capacity"' in curves and "SLO 10 ms" in curves
+    table = curves[curves.index('id="sustainable-table"'):]
+    assert table.count("<tr>") == 3  # header + two swept stores
 
 
 def test_missing_sections_say_which_command_produces_them(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@
     var appendsPerSZone = appendsPerS * inp.replication;
     var cpuSPerRead = c.cpu_s_per_read * inp.seq_len / c.measured_seq_len;
     var busyCoresZone = readsPerSZone * cpuSPerRead + appendsPerSZone * c.cpu_s_per_append;
-    var coresZone = busyCoresZone / inp.target_util;
+    var coresZone = c.slo_bound ? busyCoresZone : busyCoresZone / inp.target_util;
     var nodesCpu = ceilCount(coresZone / inp.node_cores);
 
     var indexBytesZone = c.index_bytes_per_user * users * inp.replication;

@@ -80,7 +80,7 @@ def compare_row(block: dict[str, Any], users: int, prices: Prices, demand: Deman
         "disk_bytes": block["disk_bytes"], "disk_bytes_per_user": cost["disk_bytes_per_user"],
         "dram_bytes": block["dram_bytes"], "dram_bytes_per_user": cost["dram_bytes_per_user"],
         "ops_per_s": block["ops_per_s"], "offered_ops_per_s": block["offered_ops_per_s"],
-        "spread": block.get("spread", {}), "repeats": len(block.get("repeats", [])) or 1,
+        "spread": block.get("spread", {}), "repeat_count": len(block.get("repeats", [])) or 1,
         "cost": cost, "cost_per_million_users_month": cost["total_usd"],
     }
 

@@ -215,9 +215,9 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
     checks_data = store_class(store).returns_stored_data
     keep_awake = KeepAwake(cfg.node_cpus if cfg.keep_awake else None)
     with keep_awake, NodeClient(store, store_dir, schema, opts, cpus=cfg.node_cpus) as client:
-        snap0 = ProcessSnapshot.take(client.pid)
+        snap0 = ProcessSnapshot.take(client.pids)
         loaded = load_backfill(client, wl, lambda done: report("load", done, prepared.backfill_events))
-        snap_loaded = ProcessSnapshot.take(client.pid)
+        snap_loaded = ProcessSnapshot.take(client.pids)
         load = snap0.delta(snap_loaded)
         load["events"] = loaded
         load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * schema.row_bytes)

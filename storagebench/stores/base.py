@@ -113,10 +113,16 @@ class Store(ABC):
         """Store-specific counters for the result file (JSON-able)."""
         return {}
 
+    def helper_pids(self) -> list[int]:
+        """Processes the store runs besides the one that opened it (a server); the harness charges
+        their CPU and I/O to the store."""
+        return []
+
     def config(self) -> dict[str, Any]:
         """The store's full configuration for the result file (JSON-able)."""
         return {
             "store": self.name,
+            "helper_pids": self.helper_pids(),
             "max_len": self.max_len,
             "direct_io": self.direct_io,
             "dram_budget_bytes": self.dram_budget_bytes,

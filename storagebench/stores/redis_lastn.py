@@ -365,6 +365,9 @@ class RedisLastNStore(Store):
             "server_pid": self.server.pid,
         }
 
+    def helper_pids(self) -> list[int]:
+        return [self.server.pid]
+
     def config(self) -> dict[str, Any]:
         from redis.utils import HIREDIS_AVAILABLE
 
