@@ -89,9 +89,12 @@ def sweep_store_costs(sweep: SweepRun) -> tuple[StoreCosts | None, list[str]]:
     appends = number(run.get("latency.append.count"))
     appended = number(run.get("io.appended_events"))
     per_append_event = per_op / (appended / appends) if appends and appended else per_op
+    lower_bound = sweep.doc.get("bound_by") in ("workload", "max_steps")
     return replace(base, store=sweep.label, cpu_s_per_read=per_op, cpu_s_per_append=per_append_event,
                    slo_bound=True, source=f"{sweep.source}; CPU: 1 / {per_core:,.0f} ops/s per core within "
-                                          f"{number(sweep.doc.get('slo_ms')) or 0:g} ms P99"), []
+                                          f"{number(sweep.doc.get('slo_ms')) or 0:g} ms P99"
+                                          + ("; a LOWER BOUND on capacity (the sweep never reached the store's "
+                                             "limit), so these cores are an upper bound" if lower_bound else "")), []
 
 
 def _users(run: StoreRun) -> float | None:

@@ -142,15 +142,19 @@ def _compare_section(results: ResultSet) -> dict[str, Any]:
     for res in results.of_kind("compare"):
         cmp = res.data.get("compare") if isinstance(res.data.get("compare"), dict) else {}
         rows = cmp.get("rows") if isinstance(cmp.get("rows"), dict) else {}
+        blocks = res.data.get("rows") if isinstance(res.data.get("rows"), dict) else {}
+        if not rows:
+            results.problems.append(f"{res.path} has no \"compare.rows\" object of per-store costs; skipped")
+            continue
         body = []
         for name, r in rows.items():
             if not isinstance(r, dict):
                 continue
             cost = r.get("cost") if isinstance(r.get("cost"), dict) else {}
+            block = blocks.get(name) if isinstance(blocks.get(name), dict) else r
             body.append({"store": name, "valid": r.get("valid", True),
                          "reasons": "; ".join(str(x) for x in r.get("invalid_reasons") or []),
-                         "cells": [_cell(res.data.get("rows", {}).get(name, r), "cpu_usage_pct"),
-                                   _cell(res.data.get("rows", {}).get(name, r), "p99_ms"), fmt_num(r.get("p999_ms")),
+                         "cells": [_cell(block, "cpu_usage_pct"), _cell(block, "p99_ms"), fmt_num(r.get("p999_ms")),
                                    fmt_bytes(r.get("disk_bytes")), fmt_num(r.get("dram_bytes_per_user")),
                                    fmt_num(r.get("cpu_us_per_op")),
                                    f"${fmt_num(r.get('cost_per_million_users_month'))}",
@@ -158,13 +162,14 @@ def _compare_section(results: ResultSet) -> dict[str, Any]:
                                    f"${fmt_num(cost.get('ssd_usd'))}"]})
         floor = res.data.get("floor") if isinstance(res.data.get("floor"), dict) else None
         prices = cmp.get("prices") if isinstance(cmp.get("prices"), dict) else {}
+        assumptions = cmp.get("assumptions") if isinstance(cmp.get("assumptions"), list) else []
         tables.append({"source": res.label, "path": str(res.path), "rows": body, "users": cmp.get("users"),
                        "floor_p99": fmt_num(floor.get("p99_ms")) if floor else None,
                        "prices": [f"core-hour ${fmt_num(prices.get('core_hour_usd'), 4)}",
                                   f"DRAM ${fmt_num(prices.get('dram_gib_month_usd'))}/GiB-month",
                                   f"SSD ${fmt_num(prices.get('ssd_tib_month_usd'))}/TiB-month"] if prices else [],
-                       "price_source": prices.get("source"), "repeats": res.data.get("repeats", 1),
-                       "assumptions": [str(a) for a in cmp.get("assumptions") or []]})
+                       "price_source": prices.get("source"), "repeats": number(res.data.get("repeats")) or 1,
+                       "assumptions": [str(a) for a in assumptions]})
     return {"tables": tables, "columns": ["CPU usage %", "P99 ms", "p99.9 ms", "disk", "DRAM B / user",
                                           "CPU µs / op", "$ / M users / month", "CPU $", "DRAM $", "SSD $"],
             "missing": None if tables else _missing("compare", "store shoot-out (compare.json)")}
@@ -178,7 +183,8 @@ def _sweep_section(sweeps: list[SweepRun]) -> dict[str, Any]:
         steps = [s for s in d["steps"] if isinstance(s, dict)]
         curves.append({"label": f"{sw.store} ({sw.source})", "steps": steps, "slo_ms": d.get("slo_ms"),
                        "sustainable": d.get("sustainable_ops_per_s")})
-        rows.append([sw.store, sw.source, fmt_num(d.get("slo_ms")), str(len(steps)),
+        rows.append([sw.store, sw.source, fmt_num(d.get("slo_ms")), str(len(steps)), str(d.get("bound_by", "?"))
+                     + ("" if d.get("complete", True) else " (sweep interrupted)"),
                      fmt_num(d.get("sustainable_ops_per_s")) if d.get("sustainable_ops_per_s") is not None
                      else "none within the SLO",
                      fmt_num(d.get("sustainable_ops_per_s_per_core")), fmt_num(d.get("cpu_usage_pct_at_sustainable")),

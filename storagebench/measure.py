@@ -76,10 +76,13 @@ class ProcessSnapshot:
         children it has reaped."""
         user = system = 0.0
         io: dict[str, int] = {}
-        for pid in [pids] if isinstance(pids, int) else pids:
+        pids = [pids] if isinstance(pids, int) else list(pids)
+        for pid in pids:
             try:
                 cpu = psutil.Process(pid).cpu_times()
             except psutil.NoSuchProcess:  # a helper that already exited: nothing more to count
+                if pid == pids[0]:
+                    raise  # but a dead node is an error, never a zero
                 continue
             user += cpu.user + cpu.children_user
             system += cpu.system + cpu.children_system

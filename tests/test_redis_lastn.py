@@ -91,7 +91,7 @@ def test_config_names_the_server_and_its_durability(tmp_path):
         assert cfg["direct_io"] is False  # it cannot bypass the page cache and says so
 
 
-def test_acknowledged_appends_survive_a_killed_server_once_flushed(tmp_path):
+def test_the_aof_brings_acknowledged_appends_back_after_a_killed_server(tmp_path):
     path = str(tmp_path / "s")
     with open_store("redis_lastn", path, SCHEMA) as store:
         store.append(*events([1, 2, 3]))
@@ -101,6 +101,23 @@ def test_acknowledged_appends_survive_a_killed_server_once_flushed(tmp_path):
         store.server.process.wait()
     with open_store("redis_lastn", path, SCHEMA) as store:
         assert rows(store) == before == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_flush_fsyncs_through_appendfsync_always_and_restores_everysec(tmp_path):
+    """Redis 7.0 has no fsync command: flush() switches to appendfsync always for one write (whose
+    reply follows the fsync) and back. Without it a flush would leave the AOF to the once-a-second
+    background fsync."""
+    with open_store("redis_lastn", str(tmp_path / "s"), SCHEMA) as store:
+        store.append(*events([1, 2, 3]))
+        r = store._r
+        r.config_resetstat()
+        store.flush()
+        stats = r.info("commandstats")
+        assert stats["cmdstat_config|set"]["calls"] == 2
+        assert stats["cmdstat_set"]["calls"] == 1 and stats["cmdstat_del"]["calls"] == 1
+        assert r.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert r.info("persistence")["aof_last_write_status"] == "ok"
+        assert rows(store) == [(1, 0), (2, 1), (3, 2)] and r.dbsize() == 1  # the marker key is gone
 
 
 def test_compaction_rewrites_the_aof_and_disk_is_counted_by_kind(tmp_path):
@@ -116,9 +133,11 @@ def test_compaction_rewrites_the_aof_and_disk_is_counted_by_kind(tmp_path):
 
 
 def test_a_missing_server_binary_is_one_clear_error(tmp_path, monkeypatch):
+    real_access = os.access
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("STORAGEBENCH_REDIS_SERVER", raising=False)
     monkeypatch.setattr("storagebench.stores.redis_lastn.os.access",
-                        lambda p, mode: False if "redis-server" in str(p) else os.access(p, mode))
+                        lambda p, mode: False if "redis-server" in str(p) else real_access(p, mode))
     with pytest.raises(StoreError, match="apt-get install -y redis-server"):
         open_store("redis_lastn", str(tmp_path / "s"), SCHEMA)
 

@@ -50,13 +50,18 @@ def compare(stores: tuple[str, ...], workload_dir: str | None, scale: str, users
     from storagebench.correctness import CorrectnessError
     from storagebench.experiments.compare import DEFAULT_STORES, Prices, render_compare, run_compare
     from storagebench.experiments.table1 import SCALES
-    from storagebench.stores import store_names
+    from storagebench.stores import StoreError, store_class, store_names
 
     stores = stores or DEFAULT_STORES
     known = store_names()
     for s in stores:
         if s not in known:
             raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
+    for s in dict.fromkeys(stores):
+        try:
+            store_class(s).preflight()  # a missing server fails now, not after the other stores ran
+        except StoreError as e:
+            raise click.UsageError(f"--store {s}: {e}") from None
     prices = Prices()
     for field, value in (("core_hour_usd", price_core_hour), ("dram_gib_month_usd", price_dram_gib_month),
                          ("ssd_tib_month_usd", price_ssd_tib_month)):

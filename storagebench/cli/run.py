@@ -34,12 +34,17 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, workload_dir: str | None
     from storagebench.correctness import CorrectnessError
     from storagebench.experiments.table1 import SCALES, measure_stores, render_tables
     from storagebench.results import write_result
-    from storagebench.stores import store_names
+    from storagebench.stores import StoreError, store_class, store_names
 
     known = store_names()
     for s in stores:
         if s not in known:
             raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
+    for s in dict.fromkeys(stores):
+        try:
+            store_class(s).preflight()  # a missing server fails now, not after the other stores ran
+        except StoreError as e:
+            raise click.UsageError(f"--store {s}: {e}") from None
     console = Console()
     if not console.is_terminal:  # tox, CI logs, pipes: do not squeeze the tables to 80 columns
         console = Console(width=160)

@@ -59,7 +59,7 @@ def sweep(stores: tuple[str, ...], rates_spec: str | None, auto: bool, slo_ms: f
     """
     from storagebench.experiments.sweep import render_sweep, run_sweep
     from storagebench.experiments.table1 import SCALES
-    from storagebench.stores import store_names
+    from storagebench.stores import StoreError, store_class, store_names
 
     rates = parse_rates(rates_spec)
     if (rates is None) == (not auto):
@@ -71,6 +71,11 @@ def sweep(stores: tuple[str, ...], rates_spec: str | None, auto: bool, slo_ms: f
     for s in stores:
         if s not in known:
             raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
+    for s in dict.fromkeys(stores):
+        try:
+            store_class(s).preflight()  # a missing server fails now, not after the other stores ran
+        except StoreError as e:
+            raise click.UsageError(f"--store {s}: {e}") from None
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

@@ -54,23 +54,41 @@ class Demand:
         return self.target_qps * 1e6 / self.fleet_users
 
 
+# DRAM that grows with the users a node holds, by the stat each binding reports it under:
+# SeqVault's hash index, RocksDB's table readers outside the block cache, Redis's whole data set.
+# The rest of a store's DRAM (update buffer, memtables, block cache) is per node, not per user.
+USER_DRAM_STATS = ("index_bytes", "estimate-table-readers-mem", "resident_data_bytes")
+
+
+def user_dram_bytes(block: dict[str, Any]) -> int | None:
+    """The part of a store's DRAM that grows with users (None when the store does not report it)."""
+    stats = block.get("stats") or {}
+    for key in USER_DRAM_STATS:
+        if isinstance(stats.get(key), int | float):
+            return int(stats[key])
+    return None
+
+
 def monthly_cost(row: dict[str, Any], users: int, prices: Prices, demand: Demand) -> dict[str, Any]:
     """Cost per million users per month of one measured row: CPU for their traffic at the measured
-    CPU per op (cores = CPU s/op x ops/s / utilisation), plus the measured DRAM and disk per user."""
+    CPU per op (cores = CPU s/op x ops/s / utilisation), plus the DRAM that grows with users
+    (``user_dram_bytes``; None: not reported, counted as 0 and flagged) and the disk per user."""
     cores = row["cpu_s_per_op"] * demand.ops_per_s_per_million_users / demand.target_utilisation
-    dram_per_user = row["dram_bytes"] / users if users else None
+    user_dram = row.get("user_dram_bytes")
+    dram_per_user = user_dram / users if users and user_dram is not None else None
     disk_per_user = row["disk_bytes"] / users if users else None
     cpu_usd = cores * prices.core_hour_usd * HOURS_PER_MONTH
     dram_usd = (dram_per_user or 0.0) * 1e6 / GIB * prices.dram_gib_month_usd
     ssd_usd = (disk_per_user or 0.0) * 1e6 / TIB * prices.ssd_tib_month_usd
     return {"cores_per_million_users": cores, "dram_bytes_per_user": dram_per_user,
             "disk_bytes_per_user": disk_per_user, "cpu_usd": cpu_usd, "dram_usd": dram_usd, "ssd_usd": ssd_usd,
-            "total_usd": cpu_usd + dram_usd + ssd_usd}
+            "total_usd": cpu_usd + dram_usd + ssd_usd, "dram_known": dram_per_user is not None}
 
 
 def compare_row(block: dict[str, Any], users: int, prices: Prices, demand: Demand) -> dict[str, Any]:
     """The shoot-out's row of one store (medians over repeats) with its cost."""
-    cost = monthly_cost(block, users, prices, demand)
+    user_dram = user_dram_bytes(block)
+    cost = monthly_cost({**block, "user_dram_bytes": user_dram}, users, prices, demand)
     return {
         "valid": block["valid"], "invalid_reasons": block["invalid_reasons"],
         "p50_ms": block["p50_ms"], "p99_ms": block["p99_ms"], "p999_ms": block["p999_ms"],
@@ -79,6 +97,7 @@ def compare_row(block: dict[str, Any], users: int, prices: Prices, demand: Deman
         "cpu_usage_pct": block["cpu_usage_pct"], "cpu_us_per_op": 1e6 * block["cpu_s_per_op"],
         "disk_bytes": block["disk_bytes"], "disk_bytes_per_user": cost["disk_bytes_per_user"],
         "dram_bytes": block["dram_bytes"], "dram_bytes_per_user": cost["dram_bytes_per_user"],
+        "dram_bytes_per_node": (block["dram_bytes"] - user_dram) if user_dram is not None else None,
         "ops_per_s": block["ops_per_s"], "offered_ops_per_s": block["offered_ops_per_s"],
         "spread": block.get("spread", {}), "repeat_count": len(block.get("repeats", [])) or 1,
         "cost": cost, "cost_per_million_users_month": cost["total_usd"],
@@ -96,11 +115,25 @@ def run_compare(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_dir
     order += [FLOOR_STORE] if floor and FLOOR_STORE not in order else []
     doc = measure_stores(wl, cfg, order, out_dir, repeats=repeats, match_dram="seqvault" in order,
                          keep_stores=keep_stores, console=console)
-    users = int(doc["schedule"]["users"])
     doc["rows"] = {k: doc["rows"][k] for k in dict.fromkeys(stores)}
     doc["stores"] = {k: doc["stores"][k] for k in doc["rows"]}
+    add_costs(doc, prices, demand)
+    write_result(out_dir, "compare", doc)
+    return doc
+
+
+def add_costs(doc: dict[str, Any], prices: Prices, demand: Demand) -> None:
+    """Put the shoot-out's rows, costs and assumptions into a measured document: ``compare`` and,
+    per store, the same figures merged into ``rows[store]`` (a pure function of the measured blocks,
+    so a result can be re-costed at other prices)."""
+    users = int(doc["schedule"]["users"])
+    rows = {name: compare_row(block, users, prices, demand) for name, block in doc["rows"].items()}
+    for name, row in rows.items():
+        doc["rows"][name].update({k: row[k] for k in ("dram_bytes_per_user", "dram_bytes_per_node",
+                                                      "disk_bytes_per_user", "cpu_us_per_op", "cost",
+                                                      "cost_per_million_users_month")})
     doc["compare"] = {
-        "rows": {name: compare_row(block, users, prices, demand) for name, block in doc["rows"].items()},
+        "rows": rows,
         "users": users, "prices": asdict(prices), "demand": {**asdict(demand),
                                                              "ops_per_s_per_million_users":
                                                                  demand.ops_per_s_per_million_users},
@@ -108,16 +141,16 @@ def run_compare(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_dir
         "assumptions": [
             f"A million users bring {demand.ops_per_s_per_million_users:,.0f} ops/s of the workload's read/append "
             f"mix ({demand.target_qps:,.0f} ops/s over {demand.fleet_users:,.0f} users: --target-qps, --fleet-users).",
-            f"Cores = measured CPU seconds per op (the node and every process under it) x those ops/s / "
+            f"Cores = measured CPU seconds per op (the node and the processes its store runs) x those ops/s / "
             f"{demand.target_utilisation:.0%} utilisation (--target-utilisation).",
-            "DRAM per user = the store's DRAM after the window (SeqVault: index + update buffer; RocksDB: block "
-            "cache in use + memtables; Redis: used_memory, the whole data set) / users stored.",
+            "DRAM per user = the store's DRAM that grows with users, after the window, / users stored: SeqVault's "
+            "hash index, RocksDB's table readers outside the block cache, Redis's used_memory (the whole data "
+            "set). Per-node DRAM (update buffer, memtables, block cache: dram_bytes_per_node) does not grow with "
+            "users and is left to the capacity planner, which sizes nodes.",
             "Disk per user = the time-weighted mean of the store directory over the window / users stored.",
             "One copy: multiply by your replication factor.",
         ],
     }
-    write_result(out_dir, "compare", doc)
-    return doc
 
 
 def render_compare(doc: dict[str, Any], console: Console) -> None:

@@ -249,7 +249,8 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
                                   schema, cfg.max_len)
         correctness["share"] = cfg.check_share
     window = replayed["node_window"]
-    node_cores = len(cfg.node_cpus) if cfg.node_cpus else os.cpu_count() or 1
+    # Unpinned, the node may use every CPU this process may (the generator's too): count those.
+    node_cores = len(cfg.node_cpus) if cfg.node_cpus else len(os.sched_getaffinity(0)) or 1
     measured = replayed["measured_ops"]
     cpu_s_per_op = window["cpu_s"] / max(measured, 1)
     read_latency = replayed["ops"]["read"]["latency"]

@@ -74,7 +74,7 @@ class Sweep:
             self.console.log(f"{label}: bulk load, {cfg.warmup_s:.0f} s warm-up, {window:.0f} s measured")
             block, _ = run_store(self.wl, prepared, self.store, os.path.join(self.out_dir, "stores", self.store), cfg,
                                  hist_log_dir=os.path.join(self.out_dir, "hdr"),
-                                 log_prefix=f"{self.store}.{rate:.0f}." + (f"r{r + 1}." if self.repeats > 1 else ""))
+                                 log_prefix=f"{self.store}.{rate:g}." + (f"r{r + 1}." if self.repeats > 1 else ""))
             blocks.append(block)
         block = aggregate(blocks) if len(blocks) > 1 else blocks[0]
         step = step_summary(block, rate, self.slo_ms, short_by)
@@ -118,11 +118,13 @@ class Sweep:
                 if rate < min_rate:
                     break
 
-    def document(self, mode: str) -> dict[str, Any]:
+    def document(self, mode: str, complete: bool = True) -> dict[str, Any]:
         ok = [s for s in self.steps if s["within_slo"]]
         best = max(ok, key=lambda s: s["target_ops_per_s"]) if ok else None
-        lowest_fail = min((s["target_ops_per_s"] for s in self.steps if not s["within_slo"]
-                           and (best is None or s["target_ops_per_s"] > best["target_ops_per_s"])), default=None)
+        above = [s for s in self.steps if not s["within_slo"]
+                 and (best is None or s["target_ops_per_s"] > best["target_ops_per_s"])]
+        first_fail = min(above, key=lambda s: s["target_ops_per_s"]) if above else None
+        lowest_fail = first_fail["target_ops_per_s"] if first_fail else None
         cores = self.steps[0]["node_cores"] if self.steps else None
         detail = self.blocks[float(best["target_ops_per_s"])] if best else None
         return {
@@ -135,6 +137,8 @@ class Sweep:
             "sustainable_ops_per_s_per_core": best["achieved_ops_per_s"] / cores if best and cores else None,
             "node_cores": cores,
             "cpu_usage_pct_at_sustainable": best["cpu_usage_pct"] if best else None,
+            "bound_by": bound_by(first_fail),
+            "complete": complete,
             # the full measured block at the sustainable rate: what the capacity planner reads
             "rows": {self.store: detail} if detail else {},
             "how": ("each step: a fresh store, bulk load, warm-up and measured window at one offered rate, open "
@@ -142,6 +146,18 @@ class Sweep:
                     "sustainable_ops_per_s is the achieved rate of the highest passing step, per core of the "
                     "node's pinned CPUs"),
         }
+
+
+def bound_by(first_fail: dict[str, Any] | None) -> str:
+    """What stopped the curve above the sustainable rate: the store (``slo``: P99 over the SLO;
+    ``backlog``: not valid), the workload (``workload``: it cannot fill the next rate, so the
+    sustainable rate is only a lower bound) or the search (``max_steps``: nothing failed)."""
+    if first_fail is None:
+        return "max_steps"
+    reasons = first_fail["invalid_reasons"]
+    if any("live stream ends" in why for why in reasons):
+        return "workload"
+    return "backlog" if reasons else "slo"
 
 
 def run_sweep(wl: WorkloadLike, cfg: RunConfig, store: str, out_dir: str, *, rates: Sequence[float] | None = None,
@@ -152,7 +168,10 @@ def run_sweep(wl: WorkloadLike, cfg: RunConfig, store: str, out_dir: str, *, rat
     if (rates is None) == (not auto):
         raise ValueError("give rates or auto=True, not both and not neither")
     os.makedirs(os.path.join(out_dir, "hdr"), exist_ok=True)
-    sweep = Sweep(wl, cfg, store, out_dir, slo_ms=slo_ms, repeats=repeats, console=console)
+    mode = "auto" if auto else "rates"
+    # Written after every step (complete: false until the end): an interrupted sweep keeps its steps.
+    sweep = Sweep(wl, cfg, store, out_dir, slo_ms=slo_ms, repeats=repeats, console=console,
+                  on_step=lambda _: write_json(out_dir, "sweep", sweep.document(mode, complete=False)))
     try:
         if auto:
             sweep.run_auto(start_rate, tolerance=tolerance, max_steps=max_steps)
@@ -161,7 +180,7 @@ def run_sweep(wl: WorkloadLike, cfg: RunConfig, store: str, out_dir: str, *, rat
     finally:
         if not keep_stores:
             shutil.rmtree(os.path.join(out_dir, "stores"), ignore_errors=True)
-    doc = sweep.document("auto" if auto else "rates")
+    doc = sweep.document(mode)
     write_json(out_dir, "sweep", doc)
     return doc
 
@@ -186,4 +205,8 @@ def render_sweep(doc: dict[str, Any], console: Console) -> None:
                       f"{doc['slo_ms']:g} ms = {doc['sustainable_ops_per_s_per_core']:,.0f} ops/s per core "
                       f"({doc['node_cores']} node core(s), {doc['cpu_usage_pct_at_sustainable']:.0f}% busy there)"
                       + (f"; the next step up ({doc['lowest_failing_ops_per_s']:,.0f} ops/s) failed"
-                         if doc["lowest_failing_ops_per_s"] else ""))
+                         if doc["lowest_failing_ops_per_s"] else "") + f" (bound by: {doc['bound_by']})")
+        if doc["bound_by"] in ("workload", "max_steps"):
+            console.print(f"[yellow]{doc['store']}: the sustainable rate is only a lower bound: "
+                          + ("the workload cannot offer the next rate" if doc["bound_by"] == "workload"
+                             else "no step failed within --max-steps") + "[/yellow]")

@@ -116,7 +116,7 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
                 runs[store].append(block)
                 if sample is not None:
                     samples[store] = sample
-                warnings += [f"{store}: {w}" for w in block["warnings"]]
+                warnings += [w for w in (f"{store}: {w}" for w in block["warnings"]) if w not in warnings]
                 warnings += [f"{store}" + (f" (repeat {r + 1})" if repeats > 1 else "") + f": not valid: {why}"
                              for why in block["invalid_reasons"]]
                 if match_dram and store == "seqvault" and r == 0:

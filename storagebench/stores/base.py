@@ -113,6 +113,12 @@ class Store(ABC):
         """Store-specific counters for the result file (JSON-able)."""
         return {}
 
+    @classmethod
+    def preflight(cls) -> None:
+        """Raise :class:`StoreError` now if the store cannot run on this machine (a server binary
+        missing), so a long run fails before it starts rather than after other stores ran."""
+        return None
+
     def helper_pids(self) -> list[int]:
         """Processes the store runs besides the one that opened it (a server); the harness charges
         their CPU and I/O to the store."""
