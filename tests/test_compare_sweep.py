@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import require_redis_server
+from needs_redis import require_redis_server
 
 from storagebench.cli import main
 from storagebench.experiments.compare import HOURS_PER_MONTH, Demand, Prices, monthly_cost, run_compare
@@ -29,7 +29,7 @@ def tiny_config(**kw) -> RunConfig:
 def test_monthly_cost_is_cores_dram_and_ssd_at_the_given_prices():
     prices = Prices(core_hour_usd=0.05, dram_gib_month_usd=4.0, ssd_tib_month_usd=100.0)
     demand = Demand(target_qps=1e6, fleet_users=1e8, target_utilisation=0.5)  # 10,000 ops/s per million users
-    row = {"cpu_s_per_op": 100e-6, "dram_bytes": 2**30, "disk_bytes": 2**40}
+    row = {"cpu_s_per_op": 100e-6, "dram_bytes": 2**31, "user_dram_bytes": 2**30, "disk_bytes": 2**40}
     cost = monthly_cost(row, users=1_000_000, prices=prices, demand=demand)
     assert cost["cores_per_million_users"] == pytest.approx(100e-6 * 10_000 / 0.5)  # 2 cores
     assert cost["cpu_usd"] == pytest.approx(2 * 0.05 * HOURS_PER_MONTH)
@@ -37,6 +37,18 @@ def test_monthly_cost_is_cores_dram_and_ssd_at_the_given_prices():
     assert cost["dram_usd"] == pytest.approx(4.0)    # 1 GiB for a million users
     assert cost["ssd_usd"] == pytest.approx(100.0)   # 1 TiB for a million users
     assert cost["total_usd"] == pytest.approx(cost["cpu_usd"] + 4.0 + 100.0)
+    # DRAM a store does not say grows with users is not guessed: no DRAM cost, and flagged
+    unknown = monthly_cost({**row, "user_dram_bytes": None}, users=1_000_000, prices=prices, demand=demand)
+    assert unknown["dram_bytes_per_user"] is None and unknown["dram_usd"] == 0 and not unknown["dram_known"]
+
+
+def test_only_dram_that_grows_with_users_is_charged_per_user():
+    from storagebench.experiments.compare import user_dram_bytes
+
+    assert user_dram_bytes({"stats": {"index_bytes": 10, "dram_bytes": 99}}) == 10             # SeqVault
+    assert user_dram_bytes({"stats": {"estimate-table-readers-mem": 7, "dram_bytes": 99}}) == 7  # RocksDB
+    assert user_dram_bytes({"stats": {"resident_data_bytes": 50, "dram_bytes": 50}}) == 50      # Redis
+    assert user_dram_bytes({"stats": {}}) is None
 
 
 def test_compare_writes_one_row_per_store_with_costs_and_the_floor(tmp_path):
@@ -52,7 +64,13 @@ def test_compare_writes_one_row_per_store_with_costs_and_the_floor(tmp_path):
         for key in ("valid", "p99_ms", "cpu_usage_pct", "disk_bytes", "dram_bytes_per_user",
                     "cost_per_million_users_month"):
             assert key in row, (name, key)
-        assert row["dram_bytes_per_user"] == pytest.approx(saved["rows"][name]["dram_bytes"] / users)
+        stats = saved["rows"][name]["stats"]
+        user_dram = next(stats[k] for k in ("index_bytes", "estimate-table-readers-mem", "resident_data_bytes")
+                         if k in stats)
+        assert row["dram_bytes_per_user"] == pytest.approx(user_dram / users)
+        assert row["dram_bytes_per_node"] == saved["rows"][name]["dram_bytes"] - user_dram
+        # the layout: the same figures on the top-level row
+        assert saved["rows"][name]["cost_per_million_users_month"] == row["cost_per_million_users_month"]
         assert row["cost_per_million_users_month"] > 0
         assert row["cost_per_million_users_month"] == pytest.approx(
             row["cost"]["cpu_usd"] + row["cost"]["dram_usd"] + row["cost"]["ssd_usd"])

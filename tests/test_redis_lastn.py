@@ -12,7 +12,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import require_redis_server
+from needs_redis import require_redis_server
 
 from seqvault.schema import Field, Schema
 from storagebench.stores import StoreError, open_store

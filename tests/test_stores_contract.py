@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require_redis_server
+from needs_redis import require_redis_server
 
 from seqvault.schema import Field, Schema, SchemaError
 from storagebench.stores import StoreError, open_store, store_names
