@@ -154,3 +154,18 @@ def test_sweep_cli_refuses_a_fixed_rate_and_asks_for_rates_or_auto(tmp_path):
     assert r.exit_code == 2 and "--rate" in r.output
     r = runner.invoke(main, ["sweep", "--store", "memory", "--rates", "10,x", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--rates" in r.output
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep", "run"])
+def test_a_store_that_cannot_run_here_fails_before_anything_is_measured(tmp_path, monkeypatch, command):
+    from storagebench.stores import StoreError
+    from storagebench.stores.redis_lastn import RedisLastNStore
+
+    def missing() -> None:
+        raise StoreError("redis-server is not installed: apt-get install -y redis-server")
+
+    monkeypatch.setattr(RedisLastNStore, "preflight", classmethod(lambda cls: missing()))
+    args = [command, "--store", "memory", "--store", "redis_lastn", "--out", str(tmp_path)]
+    r = CliRunner().invoke(main, args + (["--auto"] if command == "sweep" else []))
+    assert r.exit_code == 2 and "--store redis_lastn" in r.output and "apt-get install" in r.output
+    assert not any(tmp_path.iterdir())  # nothing was measured or written

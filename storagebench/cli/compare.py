@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
-from rich.console import Console
 
-from storagebench.cli.replay_options import build_config, load_workload, parse_cpus, replay_options
+from storagebench.cli.replay_options import check_stores, replay_options, setup_replay, table_console
 
 
 @click.command("compare")
@@ -27,12 +27,8 @@ from storagebench.cli.replay_options import build_config, load_workload, parse_c
 @click.option("--fleet-users", type=click.FloatRange(min=1), default=100e6, show_default=True,
               help="Users the --target-qps load comes from: a million users bring target-qps / fleet-users "
                    "x 1e6 ops/s.")
-def compare(stores: tuple[str, ...], workload_dir: str | None, scale: str, users: int | None, seed: int, io: str,
-            speed: float | None, rate: float | None, warmup_s: float | None, window_s: float | None, max_len: int,
-            compression: str | None, rocksdb_profile: str, target_qps: float, target_utilisation: float,
-            node_cpus: str, repeats: int, check_share: float, keep_awake: bool, backlog_threshold_ms: float,
-            keep_stores: bool, out_dir: str, floor: bool, price_core_hour: float | None,
-            price_dram_gib_month: float | None, price_ssd_tib_month: float | None, fleet_users: float) -> None:
+def compare(stores: tuple[str, ...], floor: bool, price_core_hour: float | None, price_dram_gib_month: float | None,
+            price_ssd_tib_month: float | None, fleet_users: float, **replay: Any) -> None:
     """Measure several stores on one workload and print one table with what each costs.
 
     Every store runs in its own storage-node process, exactly as in `table1`: bulk load, open-loop
@@ -49,39 +45,20 @@ def compare(stores: tuple[str, ...], workload_dir: str | None, scale: str, users
 
     from storagebench.correctness import CorrectnessError
     from storagebench.experiments.compare import DEFAULT_STORES, Prices, render_compare, run_compare
-    from storagebench.experiments.table1 import SCALES
-    from storagebench.stores import StoreError, store_class, store_names
 
     stores = stores or DEFAULT_STORES
-    known = store_names()
-    for s in stores:
-        if s not in known:
-            raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
-    for s in dict.fromkeys(stores):
-        try:
-            store_class(s).preflight()  # a missing server fails now, not after the other stores ran
-        except StoreError as e:
-            raise click.UsageError(f"--store {s}: {e}") from None
+    check_stores(stores)
     prices = Prices()
     for field, value in (("core_hour_usd", price_core_hour), ("dram_gib_month_usd", price_dram_gib_month),
                          ("ssd_tib_month_usd", price_ssd_tib_month)):
         if value is not None:
             prices = replace(prices, **{field: value}, source="given on the command line (others: " + prices.source + ")")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    node, generator = parse_cpus(node_cpus)
-    cfg = build_config(SCALES[scale], io=io, speed=speed, rate=rate, warmup_s=warmup_s, window_s=window_s,
-                       max_len=max_len, compression=compression, rocksdb_profile=rocksdb_profile,
-                       target_qps=target_qps, target_utilisation=target_utilisation, node_cpus=node,
-                       backlog_threshold_ms=backlog_threshold_ms, seed=seed, check_share=check_share,
-                       keep_awake=keep_awake)
-    wl = load_workload(workload_dir, scale, users, seed)
-    if generator:
-        os.sched_setaffinity(0, generator)
+    console = table_console()
+    cfg, wl = setup_replay(replay)
+    out_dir = replay["out_dir"]
     try:
-        doc = run_compare(wl, cfg, stores, out_dir, repeats=repeats, floor=floor, prices=prices,
-                          fleet_users=fleet_users, keep_stores=keep_stores, console=console)
+        doc = run_compare(wl, cfg, stores, out_dir, repeats=replay["repeats"], floor=floor, prices=prices,
+                          fleet_users=fleet_users, keep_stores=replay["keep_stores"], console=console)
     except CorrectnessError as e:
         console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
                       f"that returned wrong data)")

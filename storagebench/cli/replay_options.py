@@ -131,3 +131,46 @@ def build_config(scale_defaults: dict[str, Any], *, io: str, speed: float | None
             target_utilisation=target_utilisation, seed=seed)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+
+
+def table_console() -> Any:
+    """A console for result tables: full width in tox, CI logs and pipes (not squeezed to 80 columns)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def check_stores(stores: tuple[str, ...] | list[str]) -> None:
+    """Every name is a registered store that can run here (a missing server fails now, not after
+    the other stores were measured)."""
+    from storagebench.stores import StoreError, store_class, store_names
+
+    known = store_names()
+    for s in stores:
+        if s not in known:
+            raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
+    for s in dict.fromkeys(stores):
+        try:
+            store_class(s).preflight()
+        except StoreError as e:
+            raise click.UsageError(f"--store {s}: {e}") from None
+
+
+def setup_replay(replay: dict[str, Any], **overrides: Any) -> tuple[RunConfig, Any]:
+    """The run configuration and workload from the options of :func:`replay_options` (``overrides``
+    replace some, e.g. the rate), with the load generator pinned to its CPUs."""
+    from storagebench.experiments.table1 import SCALES
+
+    r = {**replay, **overrides}
+    node, generator = parse_cpus(r["node_cpus"])
+    cfg = build_config(SCALES[r["scale"]], io=r["io"], speed=r["speed"], rate=r["rate"], warmup_s=r["warmup_s"],
+                       window_s=r["window_s"], max_len=r["max_len"], compression=r["compression"],
+                       rocksdb_profile=r["rocksdb_profile"], target_qps=r["target_qps"],
+                       target_utilisation=r["target_utilisation"], node_cpus=node,
+                       backlog_threshold_ms=r["backlog_threshold_ms"], seed=r["seed"], check_share=r["check_share"],
+                       keep_awake=r["keep_awake"], dram_budget_bytes=r.get("dram_budget_bytes", 64 << 20))
+    wl = load_workload(r["workload_dir"], r["scale"], r["users"], r["seed"])
+    if generator:
+        os.sched_setaffinity(0, generator)
+    return cfg, wl

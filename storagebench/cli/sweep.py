@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
-from rich.console import Console
 
-from storagebench.cli.replay_options import build_config, load_workload, parse_cpus, replay_options
+from storagebench.cli.replay_options import check_stores, replay_options, setup_replay, table_console
 
 
 def parse_rates(spec: str | None) -> list[float] | None:
@@ -40,11 +40,7 @@ def parse_rates(spec: str | None) -> list[float] | None:
               help="--auto: at most this many steps per store.")
 @replay_options(default_out="results/sweep")
 def sweep(stores: tuple[str, ...], rates_spec: str | None, auto: bool, slo_ms: float, start_rate: float,
-          tolerance: float, max_steps: int, workload_dir: str | None, scale: str, users: int | None, seed: int,
-          io: str, speed: float | None, rate: float | None, warmup_s: float | None, window_s: float | None,
-          max_len: int, compression: str | None, rocksdb_profile: str, target_qps: float,
-          target_utilisation: float, node_cpus: str, repeats: int, check_share: float, keep_awake: bool,
-          backlog_threshold_ms: float, keep_stores: bool, out_dir: str) -> None:
+          tolerance: float, max_steps: int, **replay: Any) -> None:
     """Replay one workload at rising offered rates against each store; draw its capacity curve.
 
     Each step is a fresh store, bulk-loaded, then the live stream replayed open-loop at one offered
@@ -58,36 +54,17 @@ def sweep(stores: tuple[str, ...], rates_spec: str | None, auto: bool, slo_ms: f
     Example: storagebench sweep --store seqvault --store rocksdb_lastn --auto --slo-ms 10
     """
     from storagebench.experiments.sweep import render_sweep, run_sweep
-    from storagebench.experiments.table1 import SCALES
-    from storagebench.stores import StoreError, store_class, store_names
 
     rates = parse_rates(rates_spec)
     if (rates is None) == (not auto):
         raise click.UsageError("give --rates R1,R2,... or --auto (one of them)")
-    if rate is not None or speed is not None:
+    if replay["rate"] is not None or replay["speed"] is not None:
         raise click.UsageError("sweep sets the offered rate of every step itself: drop --rate/--speed and use "
                                "--rates or --auto")
-    known = store_names()
-    for s in stores:
-        if s not in known:
-            raise click.BadParameter(f"unknown store {s!r}; available: {', '.join(known)}", param_hint="--store")
-    for s in dict.fromkeys(stores):
-        try:
-            store_class(s).preflight()  # a missing server fails now, not after the other stores ran
-        except StoreError as e:
-            raise click.UsageError(f"--store {s}: {e}") from None
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    node, generator = parse_cpus(node_cpus)
-    cfg = build_config(SCALES[scale], io=io, speed=None, rate=start_rate, warmup_s=warmup_s, window_s=window_s,
-                       max_len=max_len, compression=compression, rocksdb_profile=rocksdb_profile,
-                       target_qps=target_qps, target_utilisation=target_utilisation, node_cpus=node,
-                       backlog_threshold_ms=backlog_threshold_ms, seed=seed, check_share=check_share,
-                       keep_awake=keep_awake)
-    wl = load_workload(workload_dir, scale, users, seed)
-    if generator:
-        os.sched_setaffinity(0, generator)
+    check_stores(stores)
+    console = table_console()
+    cfg, wl = setup_replay(replay, rate=start_rate, speed=None)
+    out_dir, repeats, keep_stores = replay["out_dir"], replay["repeats"], replay["keep_stores"]
     for store in dict.fromkeys(stores):
         store_out = os.path.join(out_dir, store)
         doc = run_sweep(wl, cfg, store, store_out, rates=rates, auto=auto, start_rate=start_rate, slo_ms=slo_ms,
