@@ -41,6 +41,7 @@ import redis
 
 from seqvault.schema import Schema
 from storagebench.stores.base import Store, StoreError, empty_result, register_store
+from storagebench.stores.sequences import split_values
 from storagebench.stores.text_codec import decode_text_many, encode_text_many
 
 _LUA_UNPACK = 4000    # values per RPUSH inside the script (Lua 5.1's C stack holds 8000)
@@ -188,7 +189,7 @@ class RedisServer:
             while True:
                 if self.process.poll() is not None:
                     raise StoreError(f"redis-server exited with status {self.process.returncode} while starting "
-                                     f"in {self.directory}: {self._log_tail()}")
+                                     f"in {self.directory}: {self.log_tail()}")
                 try:
                     # Ready means the data set (the AOF, on a reopen) is loaded: PING answers LOADING until then.
                     if probe.ping():
@@ -197,12 +198,13 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     raise StoreError(f"redis-server did not answer within {timeout_s:.0f} s in {self.directory}: "
-                                     f"{self._log_tail()}")
+                                     f"{self.log_tail()}")
                 time.sleep(0.02)
         finally:
             probe.close()
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
+        """The last lines of the server's log (and of its stderr once it exited), for error messages."""
         lines: list[str] = []
         try:
             with open(self.log_path, errors="replace") as f:
@@ -294,10 +296,9 @@ class RedisLastNStore(Store):
         self.events_appended += len(user_ids)
 
     def _entries(self, cols: Mapping[str, np.ndarray]) -> list[bytes]:
+        """One text entry per event (each event its own value)."""
         n = len(cols[self.schema.time_field])
-        buf, starts = encode_text_many(np.arange(n + 1, dtype=np.int64), cols, self.schema)
-        data = buf.tobytes()
-        return [data[starts[i]:starts[i + 1]] for i in range(n)]
+        return split_values(*encode_text_many(np.arange(n + 1, dtype=np.int64), cols, self.schema))
 
     def get_many(self, user_ids: np.ndarray, last_n: int | None = None
                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -344,7 +345,7 @@ class RedisLastNStore(Store):
             info = self._r.info("persistence")
             if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
                 if info.get("aof_last_bgrewrite_status", "ok") != "ok":
-                    raise StoreError(f"redis BGREWRITEAOF failed: {self.server._log_tail()}")
+                    raise StoreError(f"redis BGREWRITEAOF failed: {self.server.log_tail()}")
                 break
             time.sleep(0.05)
         else:

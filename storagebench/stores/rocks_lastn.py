@@ -20,7 +20,7 @@ import rocksdict as rd
 from seqvault.schema import Schema
 from seqvault.seqmerge import csr_concat_groups, csr_groups, newest_per_group
 from storagebench.stores.base import Store, StoreError, register_store
-from storagebench.stores.sequences import merge_newest, pack_csr, split_by_user
+from storagebench.stores.sequences import merge_newest, pack_csr, split_by_user, split_values
 from storagebench.stores.text_codec import decode_text, decode_text_many, encode_text, encode_text_many
 
 _COMPRESSION = {"lz4": rd.DBCompressionType.lz4, "zstd": rd.DBCompressionType.zstd,
@@ -30,12 +30,6 @@ _LOCK_STRIPES = 64
 
 def user_key(uid: int) -> bytes:
     return int(uid).to_bytes(8, "big")
-
-
-def split_values(buf: np.ndarray, starts: np.ndarray) -> list[bytes]:
-    """One buffer of values back to back (value i at starts[i]:starts[i+1]) -> one bytes per value."""
-    data = buf.tobytes()
-    return [data[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
 
 
 # Option profiles. ``default``: what the first wave ran (LZ4 on every level, 16 KiB blocks).

@@ -13,8 +13,8 @@ import numpy as np
 
 from seqvault.codec import decode_record, decode_records, encode_record, encode_records
 from storagebench.stores.base import register_store
-from storagebench.stores.rocks_lastn import RocksStoreBase, split_values, user_key
-from storagebench.stores.sequences import pack_csr
+from storagebench.stores.rocks_lastn import RocksStoreBase, user_key
+from storagebench.stores.sequences import pack_csr, split_values
 
 
 @register_store

@@ -58,3 +58,9 @@ def pack_csr(per_user: list[Mapping[str, np.ndarray] | None], schema: Schema, la
         for k, v in parts.items()
     }
     return offsets, packed
+
+
+def split_values(buf: np.ndarray, starts: np.ndarray) -> list[bytes]:
+    """One buffer of values back to back (value i at starts[i]:starts[i+1]) -> one bytes per value."""
+    data = buf.tobytes()
+    return [data[starts[i]:starts[i + 1]] for i in range(len(starts) - 1)]
