@@ -57,7 +57,7 @@ def main() -> None:
     out = {"store": args.store, "rate": args.rate, "with_appends": args.with_appends, "runs": []}
     try:
         with KeepAwake([1]), NodeClient(args.store, path, wl.schema, options, cpus=[1]) as client:
-            load_backfill(client, wl)
+            load_backfill(client, wl.iter_backfill(chunk_events=250_000))
         for r in range(args.repeats):
             # in-process, pinned to the node's CPU, nothing else in the process
             os.sched_setaffinity(0, [1])

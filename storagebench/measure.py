@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -38,6 +38,20 @@ def histogram_of(values_us: np.ndarray) -> HdrHistogram:
     for v in values_us:
         hist.record_value(int(v))
     return hist
+
+
+def encode_histogram(hist: HdrHistogram) -> str:
+    """A histogram as text (HdrHistogram's compressed, base64 encoding) for a result file."""
+    return hist.encode().decode("ascii")
+
+
+def merge_histograms(encoded: Sequence[str]) -> HdrHistogram:
+    """The sum of encoded histograms: every recorded value of each (percentiles of a cluster come
+    from this, never from averaging the shards' percentiles)."""
+    total = new_histogram()
+    for text in encoded:
+        total.add(HdrHistogram.decode(text.encode("ascii")))
+    return total
 
 
 def latency_summary(hist: HdrHistogram) -> dict[str, float]:
@@ -117,6 +131,7 @@ class CpuSampler:
     interval_s: float = 1.0
     disk_dir: str | None = None
     series: list[list[float]] = field(default_factory=list)
+    generator_pid: int | None = field(default_factory=os.getpid)  # None: the generator runs elsewhere
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -129,15 +144,21 @@ class CpuSampler:
 
     def _run(self) -> None:
         pids = [self.node_pids] if isinstance(self.node_pids, int) else list(self.node_pids)
-        node, gen = [psutil.Process(p) for p in pids], psutil.Process(os.getpid())
-        last_t, last_node, last_gen = time.monotonic(), _cpu(*node), _cpu(gen, reaped=False)
+        node = [psutil.Process(p) for p in pids]
+        gen = psutil.Process(self.generator_pid) if self.generator_pid is not None else None
+
+        def gen_cpu() -> float:
+            return _cpu(gen, reaped=False) if gen is not None else 0.0
+
+        last_t, last_node, last_gen = time.monotonic(), _cpu(*node), gen_cpu()
         while not self._stop.wait(self.interval_s):
             try:
-                t, n, g = time.monotonic(), _cpu(*node), _cpu(gen, reaped=False)
+                t, n, g = time.monotonic(), _cpu(*node), gen_cpu()
             except psutil.Error:
                 return
             dt = max(t - last_t, 1e-9)
-            row = [round(t - self._t0, 3), round(100 * (n - last_node) / dt, 2), round(100 * (g - last_gen) / dt, 2)]
+            gen_pct = round(100 * (g - last_gen) / dt, 2) if gen is not None else None
+            row: list[Any] = [round(t - self._t0, 3), round(100 * (n - last_node) / dt, 2), gen_pct]
             if self.disk_dir is not None:
                 row.append(dir_bytes(self.disk_dir))
             self.series.append(row)
@@ -147,6 +168,39 @@ class CpuSampler:
         self._stop.set()
         self._thread.join(timeout=5)
         return self.series
+
+
+class NodeMeter(Protocol):
+    """Measures the node over the replay's window: opened when the window opens (inside the dispatch
+    loop, so it must not block), closed after the last reply."""
+
+    def open_window(self) -> None: ...
+
+    def close_window(self) -> tuple[dict[str, Any], list[list[Any]]]:
+        """(the window's :meth:`ProcessSnapshot.delta`, the sampler's series)."""
+        ...
+
+
+class LocalMeter:
+    """A node on this machine: its processes' CPU and /proc I/O, and the bytes of its directory.
+    ``generator_here``: the load generator is this process (its CPU goes into the series too);
+    False for a meter run beside a node whose generator is elsewhere (the column is None)."""
+
+    def __init__(self, pids: Sequence[int], disk_dir: str | None = None, *, generator_here: bool = True) -> None:
+        self.pids, self.disk_dir, self.generator_here = list(pids), disk_dir, generator_here
+        self._snap: ProcessSnapshot | None = None
+        self._sampler: CpuSampler | None = None
+
+    def open_window(self) -> None:
+        self._snap = ProcessSnapshot.take(self.pids)
+        self._sampler = CpuSampler(self.pids, disk_dir=self.disk_dir,
+                                   generator_pid=os.getpid() if self.generator_here else None).start()
+
+    def close_window(self) -> tuple[dict[str, Any], list[list[Any]]]:
+        if self._snap is None or self._sampler is None:
+            raise RuntimeError("close_window() before open_window()")
+        end = ProcessSnapshot.take(self.pids)
+        return self._snap.delta(end), self._sampler.stop()
 
 
 def dir_bytes(path: str) -> int:

@@ -370,13 +370,15 @@ class NodeClient:
 
     def __init__(self, store_name: str, path: str, schema: Schema, options: dict[str, Any] | None = None,
                  *, cpus: list[int] | None = None, maintain_interval_s: float = 0.05,
-                 start_timeout_s: float = 120.0, transport: str = "unix",
+                 start_timeout_s: float = 120.0, transport: str = "unix", host: str = "127.0.0.1",
                  max_payload: int = p.DEFAULT_MAX_PAYLOAD) -> None:
+        """``transport``: "unix" (a socket in a private temporary directory) or "tcp" (listening on
+        ``host``, an ephemeral port; loopback unless another address is named)."""
         if transport == "unix":
             self._sock_dir = tempfile.mkdtemp(prefix="sbnode-")
             address = f"unix:{os.path.join(self._sock_dir, 'node.sock')}"
         elif transport == "tcp":
-            self._sock_dir, address = None, "tcp:127.0.0.1:0"
+            self._sock_dir, address = None, f"tcp:{host}:0"
         else:
             raise ValueError(f"transport must be 'unix' or 'tcp', got {transport!r}")
         self.schema = schema
@@ -400,8 +402,21 @@ class NodeClient:
         if status != "ready":
             self.process.join(timeout=10)
             raise NodeError(f"storage node could not open store {store_name!r} at {path}:\n{detail}")
-        self.address: str = detail
         self.pid: int = self.process.pid
+        self._connect(detail, start_timeout_s)
+
+    @classmethod
+    def attach(cls, address: str, schema: Schema, *, timeout_s: float = 30.0) -> NodeClient:
+        """A second client of a node that another process started (a shard's load generator on
+        another Ray worker or host): the same protocol, no ownership of the node's lifetime."""
+        self = cls.__new__(cls)
+        self.schema, self.process, self._pipe, self._sock_dir = schema, None, None, None
+        self.pid = 0
+        self._connect(address, timeout_s)
+        return self
+
+    def _connect(self, address: str, timeout_s: float) -> None:
+        self.address: str = address
         self._sock = connect(self.address)
         self._buf = bytearray()
         self._rbuf = bytearray(1 << 20)  # reused receive buffer: a busy-poll must not allocate per try
@@ -416,9 +431,16 @@ class NodeClient:
         self.background_error: str | None = None
         self.dead: str | None = None
         self._closed = False
-        self.store_config: dict[str, Any] = self._hello(start_timeout_s)
+        self.store_config: dict[str, Any] = self._hello(timeout_s)
         # The node and the processes its store runs (a Redis server): all charged to the store.
-        self.pids: list[int] = [self.pid, *(int(x) for x in self.store_config.get("helper_pids", []))]
+        # An attached client measures nothing itself (its node's owner does): no pids.
+        self.pids: list[int] = [] if self.process is None else [
+            self.pid, *(int(x) for x in self.store_config.get("helper_pids", []))]
+
+    def _node_state(self) -> str:
+        if self.process is None:
+            return "a node started elsewhere"
+        return f"process alive: {self.process.is_alive()}, exit code {self.process.exitcode}"
 
     def _hello(self, timeout_s: float) -> dict[str, Any]:
         fut: Future = Future()
@@ -527,8 +549,7 @@ class NodeClient:
                 self._fail_all(f"storage node connection lost: {e}")
                 return 0
             if not got:
-                self._fail_all(f"storage node closed the connection (process alive: {self.process.is_alive()}, "
-                               f"exit code {self.process.exitcode})")
+                self._fail_all(f"storage node at {self.address} closed the connection ({self._node_state()})")
                 return 0
             received = time.monotonic_ns()
             self._buf += self._rview[:got]
@@ -624,7 +645,7 @@ class NodeClient:
                 self.poll(0.1)
             else:
                 time.sleep(0.001)
-            if not fut.done() and not self.process.is_alive():
+            if not fut.done() and self.process is not None and not self.process.is_alive():
                 self.poll(0.0)
                 if not fut.done():
                     self._fail_all(f"storage node died (exit code {self.process.exitcode}) during {op!r}")
@@ -642,6 +663,8 @@ class NodeClient:
             self._sock.close()
         except OSError:
             pass
+        if self.process is None:  # attached: the node belongs to whoever started it
+            return
         self._pipe.close()  # the node's cue to close its store and exit
         self.process.join(timeout=timeout_s)
         if self.process.is_alive():

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from hdrh.log import HistogramLogWriter
 
-from storagebench.measure import CpuSampler, ProcessSnapshot, histogram_of, latency_summary
+from storagebench.measure import LocalMeter, NodeMeter, encode_histogram, histogram_of, latency_summary
 from storagebench.node import APPEND, READ, NodeClient
 
 OP_NAMES = (APPEND, READ)
@@ -101,7 +101,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
            progress: Callable[[int], None] | None = None, lead_ms: float = 20.0,
            check_share: float = 0.0, check_seed: int = 0, disk_dir: str | None = None,
            status: Callable[[dict[str, Any]], None] | None = None, status_interval_s: float = 10.0,
-           min_achieved_ratio: float = 0.9) -> dict[str, Any]:
+           min_achieved_ratio: float = 0.9, meter: NodeMeter | None = None,
+           start_at_wall_ns: int | None = None) -> dict[str, Any]:
     """Dispatch ``schedule`` against the node in open loop and return the measured block.
 
     One thread does everything: it busy-polls the node's socket and the clock until each op's
@@ -109,6 +110,10 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     takes replies off the socket as they come. ``check_share`` of the measured reads ask for their
     data, which is kept (``checked_reads``) with how many appends had been acknowledged and sent
     when the read was sent, for :func:`storagebench.correctness.check_reads`.
+
+    ``meter`` measures the node over the window (default: its processes here, and ``disk_dir``);
+    ``start_at_wall_ns`` (``time.time_ns``) starts the clock at that moment rather than at once, so
+    the generators of several shards start their schedules together.
     """
     n = len(schedule)
     m0 = schedule.measured_from
@@ -145,8 +150,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     # Every request frame is built before the clock starts: dispatch is one send.
     base_id = client.reserve_ids(n)
     frames = [client.encode(OP_NAMES[kinds[i]], args[i], base_id + i, full=bool(full[i])) for i in range(n)]
-    snap_start: ProcessSnapshot | None = None
-    sampler: CpuSampler | None = None
+    meter = meter if meter is not None else LocalMeter(client.pids, disk_dir)
+    window_open = False
     gen_cpu0 = time.process_time()
     next_progress = 0
     appends_sent = 0
@@ -159,7 +164,13 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(GENERATOR_SWITCH_INTERVAL_S)
     # The clock starts only now: everything above is preparation, not dispatch lag.
-    start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
+    lead_ns = int(lead_ms * 1e6)
+    late_start_ms = 0.0
+    if start_at_wall_ns is not None:
+        until = start_at_wall_ns - time.time_ns()
+        late_start_ms = max(0.0, -until / 1e6)
+        lead_ns = max(until, 0)
+    start_ns = time.monotonic_ns() + lead_ns
     intended = offsets + start_ns
     next_status = intended[m0] + int(status_interval_s * 1e9)
     for i in range(n):
@@ -167,8 +178,8 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
             # Window opens: snapshot at the intended start of its first op, not after a backlog drains.
             while now() < intended[i]:
                 poll(0.0)
-            snap_start = ProcessSnapshot.take(client.pids)
-            sampler = CpuSampler(client.pids, disk_dir=disk_dir).start()
+            meter.open_window()
+            window_open = True
         target = intended[i]
         while now() < target:
             poll(0.0)
@@ -197,16 +208,14 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
         poll(0.005)
     gc.unfreeze()
     sys.setswitchinterval(switch_interval)
-    assert snap_start is not None and sampler is not None
-    snap_end = ProcessSnapshot.take(client.pids)
-    series = sampler.stop()
+    assert window_open
+    window, series = meter.close_window()
     gen_cpu_s = time.process_time() - gen_cpu0
     if progress is not None:
         progress(n)
     if failed:
         raise ReplayError(f"{len(failed)} operations failed in the store; the first:\n{failed[0]}")
 
-    window = snap_start.delta(snap_end)
     ok = done[m0:] > 0
     lat_us = np.maximum((done[m0:] - intended[m0:]) // 1000, 1)
     svc_us = np.maximum((svc_end[m0:] - svc_start[m0:]) // 1000, 1)
@@ -220,15 +229,16 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     window_s = schedule.window_s or 1e-9
     per_op: dict[str, Any] = {}
     by_op: dict[str, Any] = {}
+    hists: dict[str, Any] = {}
     for k, name in enumerate(OP_NAMES):
         of_kind = kinds[m0:] == k
         sel = ok & of_kind
-        per_op[name] = {"latency": latency_summary(histogram_of(lat_us[sel])),
-                        "service": latency_summary(histogram_of(svc_us[sel])),
-                        "from_send": latency_summary(histogram_of(from_send_us[sel])),
-                        "to_node": latency_summary(histogram_of(to_node_us[sel])),
-                        "from_node": latency_summary(histogram_of(from_node_us[sel])),
-                        "count": int(np.count_nonzero(of_kind))}
+        metrics = {"latency": lat_us, "service": svc_us, "from_send": from_send_us, "to_node": to_node_us,
+                   "from_node": from_node_us}
+        made = {metric: histogram_of(values[sel]) for metric, values in metrics.items()}
+        per_op[name] = {metric: latency_summary(h) for metric, h in made.items()}
+        per_op[name]["count"] = int(np.count_nonzero(of_kind))
+        hists[name] = {metric: encode_histogram(h) for metric, h in made.items()}
         by_op[name] = _backlog_of(lat_us, done[m0:], intended[m0:], of_kind, ok, window_s, intended[m0],
                                   backlog_threshold_ms, min_achieved_ratio, name)
         if hist_log_dir:
@@ -243,9 +253,12 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     appended = int(schedule.appended_events[m0:].sum())
     read_sel = kinds[m0:] == read_k
     invalid = [r for b in by_op.values() for r in b["reasons"]]
+    all_ops = histogram_of(lat_us[ok])
+    hists["all_ops"] = encode_histogram(all_ops)
     return {
         "ops": per_op,
-        "all_ops_latency": latency_summary(histogram_of(lat_us[ok])),
+        "all_ops_latency": latency_summary(all_ops),
+        "histograms": hists,
         "measured_ops": measured,
         "warmup_ops": m0,
         "window_s": window_s,
@@ -265,7 +278,7 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
             "dispatch_lag_p50_ms": float(np.percentile(lag_us, 50)) / 1e3,
             "dispatch_lag_p99_ms": float(np.percentile(lag_us, 99)) / 1e3,
             "dispatch_lag_max_ms": float(lag_us.max()) / 1e3,
-            "cpu_s": gen_cpu_s, "mode": "busy-poll, one thread",
+            "cpu_s": gen_cpu_s, "mode": "busy-poll, one thread", "late_start_ms": late_start_ms,
         },
         "node_window": window,
         "cpu_series": [row[:3] for row in series],

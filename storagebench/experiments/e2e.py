@@ -160,7 +160,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
                                                     dram_budget_bytes=cfg.dram_budget_bytes), store_dir)
     fmt = wire.wire_format(store)
     with NodeClient(store, store_dir, wl.schema, opts, cpus=cfg.node_cpus) as client:
-        load_backfill(client, wl, lambda done: report("load", done, None))
+        load_backfill(client, wl.iter_backfill(chunk_events=250_000), lambda done: report("load", done, None))
         report("wire", 0, None)
         wire_info, dictionary = measure_wire(client, wl, fmt, reads, cfg)
         client.call("wire_dict", dictionary.as_bytes(), cfg.zstd_level)

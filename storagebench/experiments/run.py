@@ -186,10 +186,11 @@ def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str,
     return opts, warnings
 
 
-def load_backfill(client: NodeClient, wl: WorkloadLike, progress: Callable[[int], None] | None = None) -> int:
-    """Bulk-load the workload's backfill into the node and settle it; returns the events loaded."""
+def load_backfill(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]],
+                  progress: Callable[[int], None] | None = None) -> int:
+    """Bulk-load the backfill chunks into the node and settle it; returns the events loaded."""
     loaded = 0
-    for uids, cols in wl.iter_backfill(chunk_events=250_000):
+    for uids, cols in backfill:
         client.call("bulk_load", uids, cols)
         loaded += len(uids)
         if progress is not None:
@@ -198,30 +199,56 @@ def load_backfill(client: NodeClient, wl: WorkloadLike, progress: Callable[[int]
     return loaded
 
 
+def load_phase(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], row_bytes: int,
+               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Bulk-load, measured: the node's CPU and I/O over the load, and its write amplification."""
+    snap0 = ProcessSnapshot.take(client.pids)
+    loaded = load_backfill(client, backfill, progress)
+    load = snap0.delta(ProcessSnapshot.take(client.pids))
+    load["events"] = loaded
+    load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * row_bytes)
+    return load
+
+
+def finish_phase(client: NodeClient, crosscheck_users: np.ndarray, checks_data: bool) -> dict[str, Any]:
+    """After the replay: flush, then the node's disk and stats, the cross-check sample, and a compaction
+    (for the compacted disk figure). Raises if the node's background maintenance failed."""
+    if client.background_error:
+        raise RuntimeError(f"background maintenance failed:\n{client.background_error}")
+    client.call("flush")
+    after = {"disk": client.call("disk_bytes"), "stats": client.call("stats")}
+    after["sample"] = get_all(client, crosscheck_users) if checks_data else None
+    after["compacted"] = client.call("compact")
+    after["config"] = client.store_config
+    return after
+
+
+def check_correctness(wl: WorkloadLike, schedule: Schedule, checked_reads: list[dict[str, Any]],
+                      cfg: RunConfig) -> dict[str, Any]:
+    """The in-window read-your-writes check of the sampled reads (raises on a wrong answer)."""
+    appends = [a for a, k in zip(schedule.args, schedule.kinds, strict=True) if k == OP_NAMES.index("append")]
+    users = {c["user"] for c in checked_reads}
+    correctness = check_reads(checked_reads, appends,
+                              backfill_of(users, wl.iter_backfill(chunk_events=1_000_000), wl.schema, cfg.max_len),
+                              wl.schema, cfg.max_len)
+    correctness["share"] = cfg.check_share
+    return correctness
+
+
 def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_dir: str, cfg: RunConfig, *,
               hist_log_dir: str | None = None, log_prefix: str | None = None,
               progress: Callable[[str, int, int], None] | None = None,
               status: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], Any]:
     """Measure one store. Returns (the per-store result block, its cross-check sample; None for a
     store whose reads are not what was stored)."""
-    if os.path.exists(store_dir):
-        shutil.rmtree(store_dir)
-    os.makedirs(store_dir)
-    # Write back what earlier runs left dirty in the page cache now, not inside this run's window.
-    os.sync()
+    fresh_dir(store_dir)
     opts, warnings = store_options(store, cfg, store_dir)
     report = progress or (lambda phase, done, total: None)
-    schema = wl.schema
     checks_data = store_class(store).returns_stored_data
     keep_awake = KeepAwake(cfg.node_cpus if cfg.keep_awake else None)
-    with keep_awake, NodeClient(store, store_dir, schema, opts, cpus=cfg.node_cpus) as client:
-        snap0 = ProcessSnapshot.take(client.pids)
-        loaded = load_backfill(client, wl, lambda done: report("load", done, prepared.backfill_events))
-        snap_loaded = ProcessSnapshot.take(client.pids)
-        load = snap0.delta(snap_loaded)
-        load["events"] = loaded
-        load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * schema.row_bytes)
-
+    with keep_awake, NodeClient(store, store_dir, wl.schema, opts, cpus=cfg.node_cpus) as client:
+        load = load_phase(client, wl.iter_backfill(chunk_events=250_000), wl.schema.row_bytes,
+                          lambda done: report("load", done, prepared.backfill_events))
         # Prime the read path (JIT compilation, file handles) so warm-up is spent warming, not compiling.
         client.call(GET, prepared.crosscheck_users[:16], None)
         n_ops = len(prepared.schedule)
@@ -230,38 +257,43 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
                           backlog_threshold_ms=cfg.backlog_threshold_ms, min_achieved_ratio=cfg.min_achieved_ratio,
                           check_share=cfg.check_share if checks_data else 0.0, check_seed=cfg.seed,
                           disk_dir=store_dir, status=status, progress=lambda done: report("replay", done, n_ops))
-        if client.background_error:
-            raise RuntimeError(f"{store}: background maintenance failed:\n{client.background_error}")
-        client.call("flush")
-        disk = client.call("disk_bytes")
-        stats = client.call("stats")
-        sample = get_all(client, prepared.crosscheck_users) if checks_data else None
-        compacted = client.call("compact")
-        config = client.store_config
-
-    correctness = None
-    if checks_data:
-        appends = [a for a, k in zip(prepared.schedule.args, prepared.schedule.kinds, strict=True)
-                   if k == OP_NAMES.index("append")]
-        users = {c["user"] for c in replayed["checked_reads"]}
-        correctness = check_reads(replayed["checked_reads"], appends,
-                                  backfill_of(users, wl.iter_backfill(chunk_events=1_000_000), schema, cfg.max_len),
-                                  schema, cfg.max_len)
-        correctness["share"] = cfg.check_share
-    window = replayed["node_window"]
+        try:
+            after = finish_phase(client, prepared.crosscheck_users, checks_data)
+        except RuntimeError as e:
+            raise RuntimeError(f"{store}: {e}") from None
+    correctness = check_correctness(wl, prepared.schedule, replayed["checked_reads"], cfg) if checks_data else None
     # Unpinned, the node may use every CPU this process may (the generator's too): count those.
     node_cores = len(cfg.node_cpus) if cfg.node_cpus else len(os.sched_getaffinity(0)) or 1
+    block = build_block(store, cfg, prepared, wl.schema.row_bytes, opts, warnings, load, replayed, after,
+                        correctness, node_cores, keep_awake.describe())
+    return block, after["sample"]
+
+
+def fresh_dir(path: str) -> None:
+    """An empty directory at ``path``, with what earlier runs left dirty in the page cache written
+    back now rather than inside this run's window."""
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+    os.sync()
+
+
+def build_block(store: str, cfg: RunConfig, prepared: PreparedWorkload, row_bytes: int, opts: dict[str, Any],
+                warnings: list[str], load: dict[str, Any], replayed: dict[str, Any], after: dict[str, Any],
+                correctness: dict[str, Any] | None, node_cores: int, keep_awake: dict[str, Any]) -> dict[str, Any]:
+    """The per-store result block (see :mod:`storagebench.results`) from what the phases measured."""
+    window = replayed["node_window"]
     measured = replayed["measured_ops"]
     cpu_s_per_op = window["cpu_s"] / max(measured, 1)
-    read_latency = replayed["ops"]["read"]["latency"]
-    logical_appended = replayed["appended_events"] * schema.row_bytes
+    logical_appended = replayed["appended_events"] * row_bytes
     disk_series = replayed["disk_series"]
     disk_mean = time_weighted_mean(disk_series)
+    disk, stats, compacted = after["disk"], after["stats"], after["compacted"]
     disk_steady = round(disk_mean) if disk_mean is not None else disk["total"]
     reasons = list(replayed["backlog"]["invalid_reasons"])
     block = {
         "store": store,
-        "config": config,
+        "config": after["config"],
         "io_mode": "direct" if opts["direct_io"] else "buffered",
         "warnings": warnings,
         "load": load,
@@ -282,7 +314,7 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         "valid": not reasons,
         "invalid_reasons": reasons,
         "generator": replayed["generator"],
-        "keep_awake": keep_awake.describe(),
+        "keep_awake": keep_awake,
         "correctness": correctness,
         "disk": {"bytes": disk, "stored_events": prepared.stored_events,
                  "bytes_per_event": _ratio(disk_steady, prepared.stored_events),
@@ -301,15 +333,21 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
         "stats": stats,
         "run_config": asdict(cfg),
     }
-    # Flat headline fields (Table 1 columns); P99 etc. are the reads' intended-start latency.
+    add_headline(block)
+    return block
+
+
+def add_headline(block: dict[str, Any]) -> None:
+    """Flat headline fields (Table 1 columns) from the block's sections; P99 etc. are the reads'
+    intended-start latency."""
+    read_latency = block["latency"]["read"]["latency"]
     block.update({
         "cpu_cores": block["cpu"]["cpu_cores_for_target"], "cpu_usage_pct": block["cpu"]["cpu_usage_pct"],
         "p50_ms": read_latency["p50_ms"], "p99_ms": read_latency["p99_ms"], "p999_ms": read_latency["p999_ms"],
-        "disk_bytes": disk_steady, "disk_bytes_max": block["disk"]["max_bytes"],
-        "disk_bytes_compacted": compacted["total"], "ops_per_s": replayed["achieved_ops_per_s"],
-        "cpu_s_per_op": cpu_s_per_op, "dram_bytes": int(stats.get("dram_bytes", 0)),
+        "disk_bytes": block["disk"]["mean_bytes"], "disk_bytes_max": block["disk"]["max_bytes"],
+        "disk_bytes_compacted": block["disk"]["compacted_bytes"], "ops_per_s": block["achieved_ops_per_s"],
+        "cpu_s_per_op": block["cpu"]["cpu_s_per_op"], "dram_bytes": int(block["stats"].get("dram_bytes", 0)),
     })
-    return block, sample
 
 
 def get_all(client: NodeClient, users: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
