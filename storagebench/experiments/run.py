@@ -86,6 +86,11 @@ class PreparedWorkload:
     stored_events: int
     backfill_events: int
     schedule_info: dict[str, Any]
+    # Per user (sorted ids): backfill events and events stored after the schedule, min(all, N).
+    # Splitting the workload over shards needs them.
+    user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    user_backfill: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    user_stored: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
@@ -145,8 +150,10 @@ def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
     for uids, _ in wl.iter_backfill(chunk_events=1_000_000):
         u, c = np.unique(uids, return_counts=True)
         backfill_events += len(uids)
-        counts.update(zip(u.tolist(), c.tolist(), strict=True))
+        for uu, cc in zip(u.tolist(), c.tolist(), strict=True):
+            counts[uu] = counts.get(uu, 0) + cc
         backfill_users.append(u)
+    backfill_counts = dict(counts)
     live_u, live_c = np.unique(np.concatenate([a[0] for a, k in zip(args, kinds_l, strict=True)
                                                if k == OP_NAMES.index("append")] or [np.zeros(0, np.uint64)]),
                                return_counts=True)
@@ -167,7 +174,11 @@ def prepare(wl: WorkloadLike, cfg: RunConfig) -> PreparedWorkload:
         "window_s": schedule.window_s, "warmup_s": cfg.warmup_s,
         "users": len(counts),  # users with a stored sequence (backfill or live appends)
     }
-    return PreparedWorkload(schedule, np.sort(pick.astype(np.uint64)), stored, backfill_events, info)
+    user_ids = np.array(sorted(counts), dtype=np.uint64)
+    user_backfill = np.array([backfill_counts.get(u, 0) for u in user_ids.tolist()], dtype=np.int64)
+    user_stored = np.minimum(np.array([counts[u] for u in user_ids.tolist()], dtype=np.int64), cfg.max_len)
+    return PreparedWorkload(schedule, np.sort(pick.astype(np.uint64)), stored, backfill_events, info,
+                            user_ids, user_backfill, user_stored)
 
 
 def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str, Any], list[str]]:
