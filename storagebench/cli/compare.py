@@ -8,13 +8,21 @@ from typing import Any
 
 import click
 
-from storagebench.cli.replay_options import check_stores, replay_options, setup_replay, table_console
+from storagebench.cli.replay_options import (
+    check_stores,
+    cluster_options,
+    cluster_spec,
+    replay_options,
+    setup_replay,
+    table_console,
+)
 
 
 @click.command("compare")
 @click.option("--store", "stores", multiple=True,
               help="A store to compare (repeat; any registered store: seqvault, rocksdb_lastn, rocksdb_packed, "
                    "redis_lastn, memory). Default: seqvault, rocksdb_lastn and redis_lastn.")
+@cluster_options
 @replay_options(default_out="results/compare")
 @click.option("--floor/--no-floor", default=True, show_default=True,
               help="Also measure the harness floor: the null store through the same node and replay path.")
@@ -58,7 +66,8 @@ def compare(stores: tuple[str, ...], floor: bool, price_core_hour: float | None,
     out_dir = replay["out_dir"]
     try:
         doc = run_compare(wl, cfg, stores, out_dir, repeats=replay["repeats"], floor=floor, prices=prices,
-                          fleet_users=fleet_users, keep_stores=replay["keep_stores"], console=console)
+                          fleet_users=fleet_users, keep_stores=replay["keep_stores"], console=console,
+                          cluster=cluster_spec(replay))
     except CorrectnessError as e:
         console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
                       f"that returned wrong data)")

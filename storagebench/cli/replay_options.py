@@ -74,6 +74,45 @@ def replay_options(default_out: str) -> Callable:
     return decorate
 
 
+def cluster_options(f: Callable) -> Callable:
+    """--shards, --cluster, --generators-on and --node-host (run, table1, compare)."""
+    opts = [
+        click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Partition users by a stable hash over K storage nodes, each with its own load "
+                          "generator, as Ray actors; the row printed is the merged cluster row (HDR "
+                          "histograms added, CPU and disk summed) with the shards beside it. K > 1 without "
+                          "--cluster starts an embedded Ray runtime (--cluster local)."),
+        click.option("--cluster", "cluster_address", default=None, metavar="local|auto|ray://HOST:PORT|HOST:PORT",
+                     help="The Ray runtime the shards run on: local (embedded, started and stopped here, "
+                          "loopback only), auto (the cluster this machine joined with `ray start`), "
+                          "ray://HOST:PORT (Ray Client) or HOST:PORT (a cluster's GCS address). Needs "
+                          "pip install 'storagebench[cluster]'."),
+        click.option("--generators-on", type=click.Choice(["same", "other"]), default="same", show_default=True,
+                     help="same: each shard's load generator on its node's Ray node (one placement bundle); "
+                          "other: every node and generator on a Ray node of its own (needs 2K nodes)."),
+        click.option("--node-host", default="127.0.0.1", show_default=True,
+                     help="Address the shards' storage nodes listen on. Loopback keeps the whole run (Ray "
+                          "included) on 127.0.0.1; name an interface (or 0.0.0.0) for a multi-host cluster."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def cluster_spec(replay: dict[str, Any]) -> Any:
+    """The ClusterSpec the options ask for, or None for a single-node run (no Ray)."""
+    shards, address = replay.get("shards", 1), replay.get("cluster_address")
+    if shards == 1 and address is None:
+        return None
+    from storagebench.cluster import ClusterSpec
+
+    try:
+        return ClusterSpec(shards=shards, address=address or "local", generators_on=replay["generators_on"],
+                           node_host=replay["node_host"])
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 def parse_cpus(spec: str) -> tuple[list[int] | None, list[int] | None]:
     """(node CPUs, generator CPUs) from --node-cpus."""
     available = sorted(os.sched_getaffinity(0))
@@ -164,6 +203,13 @@ def setup_replay(replay: dict[str, Any], **overrides: Any) -> tuple[RunConfig, A
 
     r = {**replay, **overrides}
     node, generator = parse_cpus(r["node_cpus"])
+    if cluster_spec(r) is not None:
+        # Ray places the shards; pinning this process would pin the runtime it starts (and every
+        # worker) to the generator's CPU.
+        if r["node_cpus"] not in ("auto", "all"):
+            raise click.UsageError("--node-cpus does not apply to a sharded run: Ray places the shards "
+                                   "(each reserves its CPUs); leave it at auto")
+        node, generator = None, None
     cfg = build_config(SCALES[r["scale"]], io=r["io"], speed=r["speed"], rate=r["rate"], warmup_s=r["warmup_s"],
                        window_s=r["window_s"], max_len=r["max_len"], compression=r["compression"],
                        rocksdb_profile=r["rocksdb_profile"], target_qps=r["target_qps"],

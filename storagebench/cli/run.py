@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from storagebench.cli.replay_options import check_stores, replay_options, setup_replay, table_console
+from storagebench.cli.replay_options import (
+    check_stores,
+    cluster_options,
+    cluster_spec,
+    replay_options,
+    setup_replay,
+    table_console,
+)
 
 
 @click.command("run")
@@ -19,6 +26,7 @@ from storagebench.cli.replay_options import check_stores, replay_options, setup_
                    "turn and cross-check their answers.")
 @click.option("--dram-budget-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="DRAM budget given to every store (RocksDB: block cache size).")
+@cluster_options
 @replay_options(default_out="results/run")
 def run(stores: tuple[str, ...], dram_budget_mb: float, **replay: Any) -> None:
     """Bulk-load, replay open-loop and measure the given store(s); write OUT/run.json and OUT/run.csv.
@@ -37,7 +45,7 @@ def run(stores: tuple[str, ...], dram_budget_mb: float, **replay: Any) -> None:
     out_dir = replay["out_dir"]
     try:
         doc = measure_stores(wl, cfg, stores, out_dir, repeats=replay["repeats"], keep_stores=replay["keep_stores"],
-                             console=console)
+                             console=console, cluster=cluster_spec(replay))
     except CorrectnessError as e:
         console.print(f"[red bold]{e}[/red bold]\n(no result file written: the run's figures describe a store "
                       f"that returned wrong data)")

@@ -8,10 +8,17 @@ from typing import Any
 
 import click
 
-from storagebench.cli.replay_options import replay_options, setup_replay, table_console
+from storagebench.cli.replay_options import (
+    cluster_options,
+    cluster_spec,
+    replay_options,
+    setup_replay,
+    table_console,
+)
 
 
 @click.command("table1")
+@cluster_options
 @replay_options(default_out="results/table1")
 @click.option("--floor/--no-floor", default=True, show_default=True,
               help="Also measure the harness floor: the null store through the same node and replay path.")
@@ -36,7 +43,7 @@ def table1(floor: bool, **replay: Any) -> None:
     out_dir = replay["out_dir"]
     try:
         doc = run_table1(wl, cfg, out_dir, repeats=replay["repeats"], floor=floor,
-                         keep_stores=replay["keep_stores"], console=console)
+                         keep_stores=replay["keep_stores"], console=console, cluster=cluster_spec(replay))
     except CrossCheckError as e:
         console.print(f"[red bold]{e}[/red bold]\n(results written to {out_dir} with the mismatch recorded)")
         sys.exit(1)

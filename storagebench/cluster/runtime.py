@@ -11,7 +11,6 @@ dashboard and usage reporting off, so nothing of a run leaves the machine.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -54,19 +53,24 @@ def is_loopback(host: str) -> bool:
     return host == "localhost" or host.startswith("127.")
 
 
-def import_ray(loopback: bool | None = None) -> Any:
-    """Ray, imported; with ``loopback`` (the first import decides) set up so that its every node,
-    agent and worker address is 127.0.0.1: Ray otherwise replaces 127.0.0.1 by the machine's
-    interface address, and this switch (named for macOS, read when Ray is imported and inherited by
-    every process it starts) is what makes it keep loopback."""
-    if loopback and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+def import_ray(loopback: bool = False) -> Any:
+    """Ray, imported. With ``loopback``, set up so that every node, agent and worker address it
+    picks here is 127.0.0.1: Ray otherwise replaces 127.0.0.1 (even one passed as
+    ``_node_ip_address``) by the machine's interface address. The switch that stops it is named for
+    macOS; it is read from the environment by each process Ray starts, and from its constants
+    module in this one (patched too, in case Ray was imported before)."""
+    if loopback:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # No usage statistics sent anywhere.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:
         raise ClusterError("sharded runs need Ray: pip install 'storagebench[cluster]' (or pip install ray)") from None
+    if loopback:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 

@@ -59,6 +59,7 @@ class ShardNode:
         fresh_dir(store_dir)
         print(f"shard {shard}: starting {store} in {store_dir}, listening on {host}", flush=True)
         self.client = NodeClient(store, store_dir, self.schema, options, transport="tcp", host=host)
+        print(f"shard {shard}: storage node pid {self.client.pid} serving {self.client.address}", flush=True)
         self.meter: LocalMeter | None = None
 
     def info(self) -> dict[str, Any]:
@@ -199,12 +200,12 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
         replayed = _wait_replays(runs, labels, why, start_at, span, len(prepared.schedule), report)
         afters = wait_all([n.finish.remote(parts[i].crosscheck_users, checks_data) for i, n in enumerate(nodes)],
                           labels, "the final flush and cross-check read", 1800, why)
-    finally:
+        # Done: close cleanly (each node closes its store) before the actors go.
         for actor in gens + nodes:
-            try:
-                ray.get(actor.close.remote(), timeout=120)
-            except Exception:
-                pass
+            ray.get(actor.close.remote(), timeout=300)
+    finally:
+        # On a failure the other shards may still be replaying: end them now, not when they finish.
+        for actor in gens + nodes:
             ray.kill(actor)
         placement.remove()
 

@@ -14,8 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from storagebench.cluster import ClusterSpec
 from storagebench.experiments.run import RunConfig, WorkloadLike
-from storagebench.experiments.table1 import FLOOR_STORE, _fmt_bytes, _spread, measure_stores
+from storagebench.experiments.table1 import FLOOR_STORE, _fmt_bytes, _spread, measure_stores, render_shards
 from storagebench.results import write_result
 
 HOURS_PER_MONTH = 730.0  # 8,760 h / 12, the convention of the cloud price lists below
@@ -106,7 +107,8 @@ def compare_row(block: dict[str, Any], users: int, prices: Prices, demand: Deman
 
 def run_compare(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_dir: str, *, repeats: int = 1,
                 floor: bool = True, prices: Prices | None = None, fleet_users: float = DEFAULT_FLEET_USERS,
-                keep_stores: bool = False, console: Console | None = None) -> dict[str, Any]:
+                keep_stores: bool = False, console: Console | None = None,
+                cluster: ClusterSpec | None = None) -> dict[str, Any]:
     """Measure ``stores`` (SeqVault first when listed: its DRAM sets the RocksDB block caches, as in
     Table 1), write ``compare.json``/``.csv`` beside the HDR logs, and return the document."""
     prices = prices or Prices()
@@ -114,7 +116,7 @@ def run_compare(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_dir
     order = sorted(dict.fromkeys(stores), key=lambda s: s != "seqvault")
     order += [FLOOR_STORE] if floor and FLOOR_STORE not in order else []
     doc = measure_stores(wl, cfg, order, out_dir, repeats=repeats, match_dram="seqvault" in order,
-                         keep_stores=keep_stores, console=console)
+                         keep_stores=keep_stores, console=console, cluster=cluster)
     doc["rows"] = {k: doc["rows"][k] for k in dict.fromkeys(stores)}
     doc["stores"] = {k: doc["stores"][k] for k in doc["rows"]}
     add_costs(doc, prices, demand)
@@ -187,6 +189,8 @@ def render_compare(doc: dict[str, Any], console: Console) -> None:
     for a in cmp["assumptions"]:
         console.print(f"[dim]- {a}[/dim]")
     console.print(f"[dim]- Prices: {prices['source']}[/dim]")
+    if doc.get("cluster"):
+        render_shards(doc, console)
     for w in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
 

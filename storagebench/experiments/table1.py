@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from storagebench.cluster import ClusterSpec, run_store_sharded
 from storagebench.crosscheck import CrossCheckError, compare_samples
 from storagebench.experiments.run import RunConfig, WorkloadLike, prepare, run_store
 from storagebench.measure import machine_info
@@ -64,11 +65,12 @@ def rotated(stores: Sequence[str], round_index: int) -> list[str]:
 
 def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_dir: str, *,
                    repeats: int = 1, match_dram: bool = False, keep_stores: bool = False,
-                   console: Console | None = None) -> dict[str, Any]:
+                   console: Console | None = None, cluster: ClusterSpec | None = None) -> dict[str, Any]:
     """Prepare the schedule once, measure each store ``repeats`` times interleaved (the order rotating
     each round), cross-check every round. Returns the result document (without writing it); a
     cross-check mismatch is recorded in the document (``crosscheck_failed``). The floor store
-    (``null``), if listed, is also summarised as ``doc["floor"]``."""
+    (``null``), if listed, is also summarised as ``doc["floor"]``. With ``cluster`` every store
+    runs as ``cluster.shards`` shards on Ray and its row is the merged cluster row."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     console = console or Console(stderr=True)
@@ -106,8 +108,14 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
                                 f"{len(prepared.schedule):,} ops ({prepared.schedule_info['warmup_s']:.0f} s "
                                 f"warm-up, {prepared.schedule_info['window_s']:.0f} s measured)")
                 prefix = f"{store}." if repeats == 1 else f"{store}.r{r + 1}."
-                block, sample = run_store(wl, prepared, store, os.path.join(store_root, store), cfg,
-                                          hist_log_dir=hdr_dir, log_prefix=prefix, progress=progress, status=status)
+                if cluster is None:
+                    block, sample = run_store(wl, prepared, store, os.path.join(store_root, store), cfg,
+                                              hist_log_dir=hdr_dir, log_prefix=prefix, progress=progress,
+                                              status=status)
+                else:
+                    block, sample = run_store_sharded(wl, prepared, store, os.path.join(store_root, store), cfg,
+                                                      cluster, hist_log_dir=hdr_dir, log_prefix=prefix,
+                                                      progress=progress)
                 block["round"], block["position"] = r, rotated(stores, r).index(store)
                 bar.console.log(f"{label}: done: read p99 {block['p99_ms']:.2f} ms, CPU {block['cpu_usage_pct']:.1f}%, "
                                 f"{block['ops_per_s']:.0f} ops/s, disk {block['disk_bytes'] / 2**20:.1f} MiB"
@@ -120,7 +128,9 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
                 warnings += [f"{store}" + (f" (repeat {r + 1})" if repeats > 1 else "") + f": not valid: {why}"
                              for why in block["invalid_reasons"]]
                 if match_dram and store == "seqvault" and r == 0:
-                    cfg = replace(cfg, dram_budget_bytes=seqvault_dram_budget(block, wl.schema.row_bytes))
+                    # Per storage node: with shards, the largest shard's SeqVault sets every shard's budget.
+                    budget = max(seqvault_dram_budget(b, wl.schema.row_bytes) for b in block.get("shards", [block]))
+                    cfg = replace(cfg, dram_budget_bytes=budget)
             if not crosscheck.get("failed"):
                 try:
                     crosscheck = compare_samples(prepared.crosscheck_users, samples)
@@ -143,6 +153,8 @@ def measure_stores(wl: WorkloadLike, cfg: RunConfig, stores: Sequence[str], out_
         "warnings": warnings,
         "crosscheck": crosscheck,
     }
+    if cluster is not None:
+        doc["cluster"] = next((r["cluster"] for r in rows.values() if "cluster" in r), {"spec": cluster.describe()})
     if FLOOR_STORE in runs:
         doc["floor"] = floor_block(rows[FLOOR_STORE])
     if crosscheck.get("failed"):
@@ -213,12 +225,13 @@ def reduction_validity(rows: dict[str, Any]) -> str | None:
 
 
 def run_table1(wl: WorkloadLike, cfg: RunConfig, out_dir: str, *, repeats: int = 1, floor: bool = True,
-               keep_stores: bool = False, console: Console | None = None) -> dict[str, Any]:
+               keep_stores: bool = False, console: Console | None = None,
+               cluster: ClusterSpec | None = None) -> dict[str, Any]:
     """Measure the three stores (and the harness floor), write ``table1.json``/``.csv`` and the HDR
     logs; return the document."""
     order = RUN_ORDER + ((FLOOR_STORE,) if floor else ())
     doc = measure_stores(wl, cfg, order, out_dir, repeats=repeats, match_dram=True, keep_stores=keep_stores,
-                         console=console)
+                         console=console, cluster=cluster)
     doc["rows"] = {k: doc["rows"][k] for k in TABLE1_ROWS if k in doc["rows"]}
     doc["stores"] = {k: doc["stores"][k] for k in doc["rows"]}
     why = reduction_validity(doc["rows"])
@@ -309,9 +322,38 @@ def render_tables(doc: dict[str, Any], console: Console) -> None:
         console.print(f"cross-check: {cc.get('users')} users, stores {', '.join(cc.get('stores', []))}, "
                       f"{cc.get('rounds', 1)} round(s): "
                       + ("identical" if cc.get("identical") else f"[red]MISMATCH[/red] {cc.get('error', '')}"))
+    if doc.get("cluster"):
+        render_shards(doc, console)
     checked = [r["correctness"] for r in rows.values() if r.get("correctness")]
     if checked:
         console.print(f"read-your-writes: {sum(c['checked_reads'] for c in checked)} in-window reads checked "
                       f"(median run of each store), all consistent with acknowledged appends")
     for w in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def render_shards(doc: dict[str, Any], console: Console) -> None:
+    """The cluster: where the shards ran, and each shard's row beside the merged one."""
+    c = doc["cluster"]
+    spec = c.get("spec", {})
+    console.print(f"cluster: {spec.get('shards')} shards per store on {c.get('nodes', '?')} Ray node(s) "
+                  f"({c.get('address', spec.get('address'))}, Ray {c.get('ray_version', '?')}), placement "
+                  f"{c.get('placement', {}).get('strategy', '?')}, generators on {spec.get('generators_on')} "
+                  f"node(s); rows above are the merged cluster rows (HDR histograms added, CPU and disk summed)")
+    t = Table(title="Shards (the median repeat of each store)")
+    for col in ("store", "shard", "Ray node", "ops measured", "P99 ms", "svc p99", "CPU µs/op", "CPU", "disk",
+                "valid"):
+        t.add_column(col, justify="left" if col in ("store", "Ray node") else "right")
+    for name, row in doc["rows"].items():
+        for b in row.get("shards", []):
+            t.add_row(ROW_LABELS.get(name, name), str(b["shard"]), b["placement"]["ray_node_id"][:8],
+                      f"{b['measured_ops']:,}", f"{b['p99_ms']:.2f}", f"{b['latency']['read']['service']['p99_ms']:.2f}",
+                      f"{1e6 * b['cpu_s_per_op']:.0f}", f"{b['cpu_usage_pct']:.1f}%", _fmt_bytes(b["disk_bytes"]),
+                      "yes" if b["valid"] else "no")
+        if row.get("skew"):
+            sk = row["skew"]
+            console.print(f"{ROW_LABELS.get(name, name)}: shard skew (max / mean) ops "
+                          f"{_fmt(sk['measured_ops']['max_over_mean'], '.2f')}, stored events "
+                          f"{_fmt(sk['stored_events']['max_over_mean'], '.2f')}, CPU "
+                          f"{_fmt(sk['cpu_s']['max_over_mean'], '.2f')}")
+    console.print(t)
