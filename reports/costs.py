@@ -144,8 +144,14 @@ def store_costs(run: StoreRun) -> tuple[StoreCosts | None, list[str]]:
             missing.append(name)
     wbs = number(run.get("config.write_buffer_bytes", "config.write_buffer_size"))
     nwb = number(run.get("config.max_write_buffer_number"))
-    buffer = _first_number(wbs * nwb if wbs is not None and nwb is not None else None,
+    shards = [b for b in run.get("shards") or [] if isinstance(b, dict)]
+    # A sharded row's stats are the shards' sums; what one node holds comes from its largest shard.
+    per_node_stats = [pick(b, "stats.buffer_bytes", "stats.cur-size-all-mem-tables") for b in shards]
+    node_buffer = max((number(v) for v in per_node_stats if number(v) is not None), default=None)
+    buffer = _first_number(wbs * nwb if wbs is not None and nwb is not None else None, node_buffer,
                            run.get("stats.buffer_bytes"), run.get("stats.cur-size-all-mem-tables"))
+    if shards:
+        notes.append(_shard_note(run, shards))
     cache = number(run.get("config.block_cache_bytes"))
     if buffer is None:
         notes.append("update buffer / memtable size not recorded: 0 assumed")
@@ -159,6 +165,17 @@ def store_costs(run: StoreRun) -> tuple[StoreCosts | None, list[str]]:
         index_bytes_per_user=index_per_user, buffer_bytes_per_node=buffer or 0.0,
         cache_bytes_per_node=cache or 0.0, source="; ".join([run.source, *notes]),
     ), []
+
+
+def _shard_note(run: StoreRun, shards: list[dict[str, Any]]) -> str:
+    per_op = [number(b.get("cpu_s_per_op")) for b in shards]
+    skew = number(run.get("skew.measured_ops.max_over_mean"))
+    nodes = run.get("cluster.ray_nodes_used")
+    return (f"measured as {len(shards)} hash-partitioned shards" + (f" on {nodes} Ray node(s)" if nodes else "")
+            + ": CPU per op and bytes per event are the cluster's (every shard's CPU over every shard's ops); "
+            + "per shard " + ", ".join("n/a" if v is None else f"{1e6 * v:.0f}" for v in per_op) + " µs/op"
+            + (f", load skew (max/mean ops) {skew:.2f}, not applied to the fleet" if skew is not None else "")
+            + "; per-node buffers from the largest shard")
 
 
 def _first_number(*values: Any) -> float | None:

@@ -115,7 +115,9 @@ def _table1_section(results: ResultSet) -> dict[str, Any]:
         reduction = [f"{number(red[k]):.1f}%" if number(red.get(k)) is not None else "" for k, _ in TABLE1_COLUMNS]
         warnings = res.data.get("warnings") if isinstance(res.data.get("warnings"), list) else []
         expected = {"rocksdb_lastn", "rocksdb_packed", "seqvault"}
+        cluster = res.data.get("cluster") if isinstance(res.data.get("cluster"), dict) else None
         tables.append({"source": f"{res.kind}: {res.label}", "path": str(res.path), "rows": body,
+                       "cluster": _cluster_line(cluster, rows) if cluster else None,
                        "reduction": reduction if any(reduction) else None,
                        "paper": _paper_rows(res.data.get("paper")), "warnings": [str(w) for w in warnings],
                        "crosscheck": res.data.get("crosscheck"),
@@ -125,6 +127,17 @@ def _table1_section(results: ResultSet) -> dict[str, Any]:
                        "missing_rows": sorted(expected - set(rows)) if res.kind == "table1" else []})
     return {"tables": tables, "columns": [c for _, c in TABLE1_COLUMNS],
             "missing": None if tables else _missing("table1", "Table 1 result (table1.json)")}
+
+def _cluster_line(cluster: dict[str, Any], rows: dict[str, Any]) -> str:
+    """What a sharded run's rows are: merged cluster rows, with where the shards ran and their skew."""
+    spec = cluster.get("spec") if isinstance(cluster.get("spec"), dict) else {}
+    skews = [f"{name} {number(pick(r, 'skew.measured_ops.max_over_mean')):.2f}" for name, r in rows.items()
+             if isinstance(r, dict) and number(pick(r, "skew.measured_ops.max_over_mean")) is not None]
+    return (f"Each row is the merged cluster row of {spec.get('shards', '?')} shards (users hash-partitioned; "
+            f"HDR histograms added, CPU and disk summed) on {cluster.get('nodes', '?')} Ray node(s), placement "
+            f"{pick(cluster, 'placement.strategy') or '?'}, generators on {spec.get('generators_on', '?')} node(s)."
+            + (f" Load skew (max/mean ops per shard): {', '.join(skews)}." if skews else ""))
+
 
 def _cell(row: dict[str, Any], key: str) -> str:
     """A Table 1 cell: the value (median over repeats) and, with repeats, its [min-max]."""

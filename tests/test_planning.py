@@ -178,3 +178,21 @@ def test_sweep_costs_come_from_the_sustainable_rate_and_replace_single_rate_runs
     names = [c.store for c in planned]
     assert "seqvault" not in names and sweep.label in names and "rocksdb_lastn" in names
     assert any("seqvault (table1): planned from its capacity sweep" in n for n in notes)
+
+
+def test_a_sharded_row_is_planned_from_the_cluster_totals_with_per_node_buffers_from_its_largest_shard() -> None:
+    from reports.costs import StoreRun
+
+    results = load_results([FIXTURES / "table1"])
+    run = {r.store: r for r in store_runs(results)}["seqvault"]
+    shard_blocks = [{**run.detail, "stats": {**run.detail["stats"], "buffer_bytes": mib * 2**20},
+                     "cpu_s_per_op": us * 1e-6} for mib, us in ((5, 60), (7, 80))]
+    detail = {**run.detail, "stats": {**run.detail["stats"], "buffer_bytes": 12 * 2**20}, "shards": shard_blocks,
+              "shard_count": 2, "skew": {"measured_ops": {"max_over_mean": 1.25}},
+              "cluster": {"ray_nodes_used": 2}}
+    costs, missing = store_costs(StoreRun("seqvault", run.source, detail, run.doc))
+    assert missing == [] and costs is not None
+    assert costs.buffer_bytes_per_node == 7 * 2**20  # one node holds its own shard's buffer, not the sum
+    assert costs.cpu_s_per_read == 7e-5              # the cluster row's CPU per op
+    assert "2 hash-partitioned shards on 2 Ray node(s)" in costs.source and "60, 80 µs/op" in costs.source
+    assert "load skew (max/mean ops) 1.25" in costs.source

@@ -126,7 +126,23 @@ def test_plan_command_table_and_errors(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["plan", "--results", str(FIXTURES / "table1")])
     assert res.exit_code == 0, res.output
     assert "rocksdb_lastn" in res.stdout and "Storage fleet" in res.stdout
+    # every assumption the plan uses is printed, and where each store's costs were measured
+    assert "Assumptions:" in res.stdout and "Every daily active user has a stored sequence" in res.stdout
+    assert "seqvault: measured in" in res.stdout
     res = CliRunner().invoke(main, ["plan", "--results", str(FIXTURES / "table1"), "--node-dram-gib", "0.01"])
     assert res.exit_code != 0 and "more DRAM" in res.output
     res = CliRunner().invoke(main, ["plan", "--results", str(tmp_path)])
     assert res.exit_code != 0 and "no store or ranker with measured costs" in res.output
+
+
+def test_a_sharded_table1_says_its_rows_are_merged_cluster_rows(tmp_path: Path) -> None:
+    doc = json.loads((FIXTURES / "table1" / "table1.json").read_text())
+    doc["cluster"] = {"spec": {"shards": 2, "generators_on": "same"}, "nodes": 1, "placement": {"strategy": "PACK"}}
+    doc["rows"]["seqvault"]["skew"] = {"measured_ops": {"max_over_mean": 1.07}}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "table1.json").write_text(json.dumps(doc))
+    html = render_html(load_results([tmp_path / "t"]), PlanInputs(), [str(tmp_path / "t")])
+    note = re.search(r'<p class="muted cluster-note">(.*?)</p>', html, re.S)
+    assert note is not None
+    assert "merged cluster row of 2 shards" in note.group(1) and "seqvault 1.07" in note.group(1)
+    assert "placement PACK" in note.group(1)

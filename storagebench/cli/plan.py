@@ -97,4 +97,9 @@ def plan(results: tuple[Path, ...], as_json: bool, **plan_inputs: float) -> None
             rt.add_row(r["label"], str(r["seq_len"]), f"{r['requests_per_s_per_device']:,.1f}",
                        str(r["devices_zone"]), str(r["devices_total"]))
         console.print(rt)
-    console.print("Assumptions: run with --json, or see the report's capacity-planning section.", style="dim")
+    console.print("Assumptions:", style="bold")
+    for a in out.get("assumptions", []):
+        console.print(f"- {a}", style="dim")
+    for c in out.get("costs", []):
+        if c.get("source"):
+            console.print(f"- {c['store']}: measured in {c['source']}", style="dim")
