@@ -64,6 +64,24 @@ Per-store block (``rows[name]``)::
     load            bulk load: {wall_s, cpu_s, cpu_user_s, cpu_system_s, io, events, write_amplification}
     io_mode, warnings, stats (store counters), config (store configuration), run_config
 
+A sharded run (``--shards K``, ``--cluster``) writes the same document; each ``rows[name]`` is then the
+merged cluster row (latency summaries from the shards' HDR histograms added together; CPU seconds,
+I/O, disk, DRAM and ops summed; utilisation = summed CPU over the summed reserved cores; valid only
+when every shard is; ``generator`` is the worst shard's), plus::
+
+    shard_count     K
+    shards          one per-shard block (the fields above) each, plus shard, placement {ray_node_id,
+                    host, ip, address, log}, schedule (the shard's share), measured_ops and histograms
+                    {append|read: {latency, service, from_send, to_node, from_node}, all_ops}: the
+                    HdrHistograms, base64 (HdrHistogram's own encoding), from which the row was merged
+    skew            {measured_ops|stored_events|cpu_s: {per_shard, max_over_mean}, read_p99_ms}
+    cluster         {address, ray_version, nodes, node_ips, cluster_cpus, spec {shards, address,
+                     generators_on, node_cpus, generator_cpus, node_host}, placement {strategy, bundles,
+                     node_bundle, generator_bundle}, ray_nodes_used, warnings}
+
+and the document gains ``cluster`` (the first row's). The shards' logs are ``DIR/logs/<store>.shard-<i>.log``
+and their interval logs ``DIR/hdr/<store>.shard-<i>.<op>.<metric>.hlog``.
+
 ``DIR/compare.json`` (``storagebench compare``): the same document as ``run.json`` (``rows`` keyed by
 store, ``floor``, ``crosscheck``; every headline value also gains ``cpu_s_per_op`` and ``dram_bytes``),
 plus ``compare``::
