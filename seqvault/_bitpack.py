@@ -145,3 +145,71 @@ def unpack_to(words: np.ndarray, bit0: int, width: int, n: int, base: np.uint64,
         hi = (words[idx + 1] << U64(1)) << (U64(63) - sh)
         dst[j] = ((((words[idx] >> sh) | hi) & mask) + base) ^ flip
         bit += width
+
+
+# -- XXH64 ----------------------------------------------------------------------------------------
+# Record format 2 checks records with XXH64 (the xxHash spec, seed 0) instead of CRC-32: it runs
+# four independent multiply-rotate lanes over 32-byte stripes, ~3x the speed of slicing-by-16 CRC-32
+# here, and is what RocksDB now uses by default for its blocks (XXH3, the same family).
+P1 = U64(11400714785074694791)
+P2 = U64(14029467366897019727)
+P3 = U64(1609587929392839161)
+P4 = U64(9650029242287828579)
+P5 = U64(2870177450012600261)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rotl(x: np.uint64, r: int) -> np.uint64:
+    return (x << U64(r)) | (x >> U64(64 - r))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _round(acc: np.uint64, lane: np.uint64) -> np.uint64:
+    return _rotl(acc + lane * P2, 31) * P1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _merge(h: np.uint64, acc: np.uint64) -> np.uint64:
+    return (h ^ _round(U64(0), acc)) * P1 + P4
+
+
+@njit(cache=True, nogil=True)
+def xxh64(buf: np.ndarray, start: int, end: int) -> np.uint64:
+    """XXH64 (seed 0) of ``buf[start:end]``, bit-identical to ``xxhash.xxh64_intdigest``."""
+    n = max(end - start, 0)
+    p = start
+    if n >= 32:
+        v1, v2, v3, v4 = P1 + P2, P2, U64(0), U64(0) - P1
+        stripes = n // 32
+        w = buf[start:start + 32 * stripes].view(np.uint64)  # unaligned little-endian loads
+        for s in range(stripes):
+            v1 = _round(v1, w[4 * s])
+            v2 = _round(v2, w[4 * s + 1])
+            v3 = _round(v3, w[4 * s + 2])
+            v4 = _round(v4, w[4 * s + 3])
+        p = start + 32 * stripes
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _merge(_merge(_merge(_merge(h, v1), v2), v3), v4)
+    else:
+        h = P5
+    h += U64(n)
+    while p + 8 <= end:
+        h = _rotl(h ^ _round(U64(0), load_le(buf, p, end, 8)), 27) * P1 + P4
+        p += 8
+    if p + 4 <= end:
+        h = _rotl(h ^ (load_le(buf, p, end, 4) * P1), 23) * P2 + P3
+        p += 4
+    while p < end:
+        h = _rotl(h ^ (U64(buf[p]) * P5), 11) * P1
+        p += 1
+    h ^= h >> U64(33)
+    h *= P2
+    h ^= h >> U64(29)
+    h *= P3
+    return h ^ (h >> U64(32))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def checksum32(buf: np.ndarray, start: int, end: int) -> np.uint64:
+    """A record-format-2 checksum: the low 32 bits of XXH64."""
+    return xxh64(buf, start, end) & U64(0xFFFFFFFF)

@@ -19,6 +19,7 @@ from seqvault._bitpack import (
     SIGN_BIT,
     U64,
     bit_width,
+    checksum32,
     crc32,
     load_le,
     pack_bits,
@@ -26,9 +27,12 @@ from seqvault._bitpack import (
     unpack_into_words,
     unpack_to,
 )
+from seqvault._unpack import MAX_ALIGNED_WIDTH, unpack_aligned
 
 RECORD_MAGIC = 0xA7
-RECORD_VERSION = 1
+RECORD_VERSION = 2          # what the encoder writes: checksums are XXH64's low 32 bits
+RECORD_VERSION_CRC32 = 1    # still read: the same layout with CRC-32 checksums
+ALIGN = 32                  # unpack_aligned starts at value indices that are multiples of this
 HEADER_SIZE = 24
 CHECKSUM_SIZE = 4
 ENC_FOR = 0
@@ -42,6 +46,14 @@ V_BASE, V_LAST = 0, 1
 
 OK, E_SHORT, E_MAGIC, E_VERSION, E_HEADER_CRC, E_LENGTH, E_TRUNCATED, E_CRC = range(8)
 E_COLUMNS, E_DESC, E_DTYPE, E_SIZE = range(8, 12)
+
+
+@njit(cache=True, nogil=True)
+def record_checksum(buf: np.ndarray, start: int, end: int, version: int) -> np.uint64:
+    """The checksum a record of ``version`` stores for ``buf[start:end]``."""
+    if version == RECORD_VERSION_CRC32:
+        return U64(crc32(buf, start, end))
+    return checksum32(buf, start, end)
 
 
 @njit(cache=True, nogil=True)
@@ -114,7 +126,7 @@ def encode_kernel(mapped: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray,
         store_le(out, p + 4, U64(m), 4)
         store_le(out, p + 8, user_ids[i], 8)
         store_le(out, p + 16, U64(length), 4)
-        store_le(out, p + 20, U64(crc32(out, p, p + 20)), 4)
+        store_le(out, p + 20, checksum32(out, p, p + 20), 4)
         q = p + HEADER_SIZE
         for f in range(nf):
             out[q] = np.uint8(kinds[i, f] | (codes[f] << 4))
@@ -139,7 +151,7 @@ def encode_kernel(mapped: np.ndarray, offsets: np.ndarray, user_ids: np.ndarray,
                 for j in range(s, e):
                     scratch[j - s] = col[j] - base
                 q = pack_bits(scratch, 0, m, w, out, q)
-        store_le(out, q, U64(crc32(out, p, q)), 4)
+        store_le(out, q, checksum32(out, p, q), 4)
     return out, starts
 
 
@@ -150,9 +162,10 @@ def check_header(buf: np.ndarray, pos: int, end: int) -> tuple[int, np.uint64, i
         return E_SHORT, U64(0), 0, 0, 0
     if buf[pos] != RECORD_MAGIC:
         return E_MAGIC, U64(0), 0, 0, 0
-    if buf[pos + 1] != RECORD_VERSION:
+    version = int(buf[pos + 1])
+    if version != RECORD_VERSION and version != RECORD_VERSION_CRC32:
         return E_VERSION, U64(0), 0, 0, 0
-    if load_le(buf, pos + 20, end, 4) != U64(crc32(buf, pos, pos + 20)):
+    if load_le(buf, pos + 20, end, 4) != record_checksum(buf, pos, pos + 20, version):
         return E_HEADER_CRC, U64(0), 0, 0, 0
     # np.int64, not int(): int() of a uint64 stays uint64 in Numba and would poison arithmetic.
     ncols = np.int64(load_le(buf, pos + 2, end, 2))
@@ -221,6 +234,30 @@ def _decode_column(words: np.ndarray, bit0: int, w: int, n_out: int, base: np.ui
         unpack_to(words, bit0, w, n_out, base, flip, dst)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _finish_column(vals: np.ndarray, n_out: int, delta: bool, last: np.uint64, flip: np.uint64,
+                   dst: np.ndarray) -> None:
+    """Unpacked (base added) uint64 values -> the typed column: undo the deltas, or map and narrow."""
+    if delta:
+        _prefix_back(vals, n_out, last, flip, dst)
+    else:
+        for j in range(n_out):
+            dst[j] = vals[j] ^ flip
+
+
+@njit(cache=True, nogil=True)
+def _finish_typed(vals: np.ndarray, n_out: int, delta: bool, last: np.uint64, flip: np.uint64, out: np.ndarray,
+                  p: int, isz: int) -> None:
+    if isz == 1:
+        _finish_column(vals, n_out, delta, last, flip, out[p:p + n_out])
+    elif isz == 2:
+        _finish_column(vals, n_out, delta, last, flip, out[p:p + 2 * n_out].view(np.uint16))
+    elif isz == 4:
+        _finish_column(vals, n_out, delta, last, flip, out[p:p + 4 * n_out].view(np.uint32))
+    else:
+        _finish_column(vals, n_out, delta, last, flip, out[p:p + 8 * n_out].view(np.uint64))
+
+
 @njit(cache=True, nogil=True)
 def _decode_typed(words: np.ndarray, bit0: int, w: int, n_out: int, base: np.uint64, delta: bool,
                   last: np.uint64, flip: np.uint64, scratch: np.ndarray, out: np.ndarray, p: int,
@@ -245,7 +282,8 @@ def decode_columns(buf: np.ndarray, count: int, n_out: int, desc: np.ndarray, va
                    scratch: np.ndarray, words: np.ndarray) -> None:
     """Decode the newest ``n_out`` of ``count`` events of each wanted column of a checked record;
     field f's value j goes to ``out[col_starts[f] + (elem + j) * itemsize]``. ``words`` is uint64
-    scratch of at least ``record length // 8 + 2`` entries, ``scratch`` of at least ``n_out``."""
+    scratch of at least ``record length // 8 + 2`` entries, ``scratch`` of at least
+    ``n_out + ALIGN`` entries."""
     first = count - n_out
     for f in range(smeta.shape[1]):
         if not want[f] or n_out == 0:
@@ -255,32 +293,55 @@ def decode_columns(buf: np.ndarray, count: int, n_out: int, desc: np.ndarray, va
         # FOR value i is packed at index i; DELTA's delta between events i and i+1 at index i.
         # Either way the newest n_out events need packed indices from `first` on only.
         n_packed = n_out - 1 if delta else n_out
+        flip = SIGN_BIT if smeta[SM_SIGNED, f] else U64(0)
+        isz = smeta[SM_ITEMSIZE, f]
+        p = col_starts[f] + elem * isz
+        base = vals[V_BASE, f]
+        if 0 < w <= MAX_ALIGNED_WIDTH and n_packed > 0:
+            # Fast path: a width-specialised kernel from the 32-aligned value at or before `first`
+            # (bit position a multiple of 32) into scratch, then one typed pass.
+            start = first - first % ALIGN
+            skip = first - start
+            n_unpack = skip + n_packed
+            a = desc[D_PAYLOAD, f] + (start * w >> 3)
+            nbytes = 4 * (((n_unpack * w + 31) >> 5) + 1)  # one word past the last value's
+            if a + nbytes <= len(buf):
+                unpack_aligned(w, buf[a:a + nbytes].view(np.uint32), n_unpack, base, scratch)
+            else:  # too close to the end of the buffer: copy into zero-padded scratch words
+                unpack_into_words(buf, a, (n_unpack * w + 7) // 8, words)
+                unpack_aligned(w, words.view(np.uint32), n_unpack, base, scratch)
+            _finish_typed(scratch[skip:skip + n_packed], n_out, delta, vals[V_LAST, f], flip, out, p, isz)
+            continue
         first_bit = first * w
         a = desc[D_PAYLOAD, f] + (first_bit >> 3)
         bit0 = first_bit & 7
         nw = ((bit0 + n_packed * w) >> 6) + 2  # unpack_to may read one word past the last value's
-        flip = SIGN_BIT if smeta[SM_SIGNED, f] else U64(0)
-        isz = smeta[SM_ITEMSIZE, f]
-        p = col_starts[f] + elem * isz
         if a + 8 * nw <= len(buf):
             # Read the packed words in place (an unaligned view); bytes past the column only
             # ever land in bits that the width mask drops.
-            _decode_typed(buf[a:a + 8 * nw].view(np.uint64), bit0, w, n_out, vals[V_BASE, f], delta,
+            _decode_typed(buf[a:a + 8 * nw].view(np.uint64), bit0, w, n_out, base, delta,
                           vals[V_LAST, f], flip, scratch, out, p, isz)
         else:  # too close to the end of the buffer: copy into zero-padded scratch words
             unpack_into_words(buf, a, (bit0 + n_packed * w + 7) // 8, words)
-            _decode_typed(words, bit0, w, n_out, vals[V_BASE, f], delta, vals[V_LAST, f], flip, scratch,
+            _decode_typed(words, bit0, w, n_out, base, delta, vals[V_LAST, f], flip, scratch,
                           out, p, isz)
 
 
 @njit(cache=True, nogil=True)
-def decode_one(buf: np.ndarray, length: int, count: int, smeta: np.ndarray, want: np.ndarray, n_out: int
-               ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Decode the record at ``buf[0:]`` whose header and checksum the caller has verified."""
+def decode_one(buf: np.ndarray, length: int, count: int, ncols: int, smeta: np.ndarray, want: np.ndarray,
+               n_out: int, version: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Check both checksums of the record at ``buf[0:]`` (its header fields the caller has read and
+    bounded: ``length <= len(buf)``), then decode it."""
     nf = smeta.shape[1]
     desc = np.empty((3, nf), np.int64)
     vals = np.zeros((2, nf), np.uint64)
     col_starts = np.full(nf, -1, np.int64)
+    if load_le(buf, 20, length, 4) != record_checksum(buf, 0, 20, version):
+        return E_HEADER_CRC, np.empty(0, np.uint8), col_starts
+    if load_le(buf, length - CHECKSUM_SIZE, length, 4) != record_checksum(buf, 0, length - CHECKSUM_SIZE, version):
+        return E_CRC, np.empty(0, np.uint8), col_starts
+    if ncols != nf:
+        return E_COLUMNS, np.empty(0, np.uint8), col_starts
     status = check_body(buf, 0, length, count, smeta, desc, vals)
     if status != OK:
         return status, np.empty(0, np.uint8), col_starts
@@ -290,7 +351,7 @@ def decode_one(buf: np.ndarray, length: int, count: int, smeta: np.ndarray, want
             col_starts[f] = total
             total += (n_out * smeta[SM_ITEMSIZE, f] + 7) // 8 * 8  # keep every column 8-byte aligned
     out = np.empty(total, np.uint8)
-    scratch = np.empty(max(n_out, 1), np.uint64)
+    scratch = np.empty(n_out + ALIGN, np.uint64)
     words = np.empty(length // 8 + 2, np.uint64)
     decode_columns(buf, count, n_out, desc, vals, smeta, want, out, col_starts, 0, scratch, words)
     return OK, out, col_starts
@@ -317,8 +378,8 @@ def decode_many(buf: np.ndarray, rec_offsets: np.ndarray, smeta: np.ndarray, wan
         status, user, count, length, ncols = check_header(buf, pos, end)
         if status == OK and ncols != nf:
             status = E_COLUMNS
-        if status == OK and load_le(buf, pos + length - CHECKSUM_SIZE, end, 4) != U64(
-                crc32(buf, pos, pos + length - CHECKSUM_SIZE)):
+        if status == OK and load_le(buf, pos + length - CHECKSUM_SIZE, end, 4) != record_checksum(
+                buf, pos, pos + length - CHECKSUM_SIZE, int(buf[pos + 1])):
             status = E_CRC
         if status == OK:
             status = check_body(buf, pos, length, count, smeta, desc[i], vals[i])
@@ -338,7 +399,7 @@ def decode_many(buf: np.ndarray, rec_offsets: np.ndarray, smeta: np.ndarray, wan
     max_out = 1
     for i in range(n):
         max_out = max(max_out, ev_offsets[i + 1] - ev_offsets[i])
-    scratch = np.empty(max_out, np.uint64)
+    scratch = np.empty(max_out + ALIGN, np.uint64)
     words = np.empty(max_len // 8 + 2, np.uint64)
     for i in range(n):
         decode_columns(buf, counts[i], ev_offsets[i + 1] - ev_offsets[i], desc[i], vals[i], smeta, want,

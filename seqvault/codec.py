@@ -8,12 +8,12 @@ Record layout, byte by byte (``L`` = record length, ``n`` = event count)::
 
     offset  size  field
     0       1     magic, RECORD_MAGIC (0xA7); a zeroed or torn tail never starts with it
-    1       1     format version, RECORD_VERSION (1)
+    1       1     format version: RECORD_VERSION (2) is written; 1 (RECORD_VERSION_CRC32) is still read
     2       2     number of columns (u16), must equal the reader's schema
     4       4     event count n (u32)
     8       8     user id (u64)
     16      4     L, the whole record's length in bytes, trailing checksum included (u32)
-    20      4     header checksum: CRC-32 of bytes 0..19, so a scan can trust L before reading on
+    20      4     header checksum of bytes 0..19, so a scan can trust L before reading on
     24      ...   one column descriptor per schema field, in schema order:
                     1 byte  bits 0-3: encoding (0 = FOR, 1 = DELTA); bits 4-7: dtype code
                             (index of the field's dtype in seqvault.schema.INTEGER_DTYPES)
@@ -22,7 +22,7 @@ Record layout, byte by byte (``L`` = record length, ``n`` = event count)::
                     8 bytes last value (u64, mapped; DELTA only)
     ...     ...   the packed payload of each column, in schema order, each ceil(m * w / 8) bytes
                   where m = n for FOR and n - 1 for DELTA (0 when n = 0); values LSB-first
-    L-4     4     CRC-32 (zlib's polynomial) of bytes 0..L-5
+    L-4     4     checksum of bytes 0..L-5
 
 Value mapping: each value is taken as a 64-bit two's complement integer ``u``; signed dtypes
 additionally flip the sign bit so that the unsigned order of ``u`` is the numeric order.
@@ -38,10 +38,18 @@ sorted time field and other monotone fields get delta coding and everything else
 Zig-zag is not used: because a per-column minimum is stored, FOR over the (possibly negative)
 values or deltas is never wider than zig-zag, whose width follows the largest magnitude.
 
-Limits: n < 2**32 events and L < 2**32 bytes per record. The stored checksum equals
-``zlib.crc32(record[:L-4])``; it is also what the DRAM index keeps per user.
+Checksums: version 2 stores the low 32 bits of XXH64 (seed 0; ``xxhash.xxh64_intdigest(data) &
+0xFFFFFFFF``), version 1 CRC-32 (``zlib.crc32``); the layout is otherwise identical, and a store
+holds records of both versions side by side (old records stay readable; merges rewrite them as
+version 2). XXH64 runs ~3x faster here than slicing-by-16 CRC-32, which was a third of a record's
+decode time; the price is the guarantee: CRC-32 detects every error burst of up to 32 bits, XXH64's
+32 bits miss a given corruption with probability 2**-32 (RocksDB made the same trade: XXH3 is its
+default block checksum). The record's stored checksum is also what the DRAM index keeps per user.
 
-The Numba kernels live in seqvault/_recordkern.py (bit-level primitives in _bitpack.py); they
+Limits: n < 2**32 events and L < 2**32 bytes per record.
+
+The Numba kernels live in seqvault/_recordkern.py (bit-level primitives in _bitpack.py, and one
+unpack kernel per width up to 32 bits in the generated _unpack.py, which LLVM vectorises); they
 release the GIL and share no state, so threads may encode and decode concurrently.
 """
 
@@ -57,12 +65,21 @@ import numpy as np
 
 from seqvault import _recordkern as k
 from seqvault._bitpack import SIGN_BIT
-from seqvault._recordkern import CHECKSUM_SIZE, ENC_DELTA, ENC_FOR, HEADER_SIZE, RECORD_MAGIC, RECORD_VERSION
+from seqvault._recordkern import (
+    CHECKSUM_SIZE,
+    ENC_DELTA,
+    ENC_FOR,
+    HEADER_SIZE,
+    RECORD_MAGIC,
+    RECORD_VERSION,
+    RECORD_VERSION_CRC32,
+)
 from seqvault.errors import CorruptionError
 from seqvault.schema import INTEGER_DTYPES, Schema, SchemaError
 
 __all__ = [
-    "CHECKSUM_SIZE", "ENC_DELTA", "ENC_FOR", "HEADER_SIZE", "RECORD_MAGIC", "RECORD_VERSION", "RecordHeader",
+    "CHECKSUM_SIZE", "ENC_DELTA", "ENC_FOR", "HEADER_SIZE", "RECORD_MAGIC", "RECORD_VERSION", "RECORD_VERSION_CRC32",
+    "RecordHeader",
     "decode_record", "decode_records", "encode_record", "encode_records", "parse_header", "record_checksum",
     "record_checksum_ok",
 ]
@@ -70,6 +87,15 @@ __all__ = [
 _HEADER = struct.Struct("<BBHIQII")
 _U32 = struct.Struct("<I")
 _MAX_U32 = 2**32 - 1
+_VERSIONS = (RECORD_VERSION_CRC32, RECORD_VERSION)
+
+
+def _checksum(data: object, version: int) -> int:
+    """The checksum a record of ``version`` stores for ``data`` (CRC-32 for 1, XXH64's low 32 bits for 2)."""
+    if version == RECORD_VERSION_CRC32:
+        return zlib.crc32(data)
+    arr = _as_u8(data)
+    return int(k.record_checksum(arr, 0, len(arr), version))
 
 
 @dataclass(frozen=True)
@@ -215,7 +241,8 @@ def encode_record(user_id: int, columns: dict[str, np.ndarray], schema: Schema) 
 _MESSAGES = {
     k.E_SHORT: "fewer than HEADER_SIZE bytes where a record header should be (torn tail or bad offset)",
     k.E_MAGIC: f"bad magic byte (expected 0x{RECORD_MAGIC:02X}): not a record start, or a zeroed/torn tail",
-    k.E_VERSION: f"unsupported record format version (this build reads version {RECORD_VERSION})",
+    k.E_VERSION: f"unsupported record format version (this build reads versions {RECORD_VERSION_CRC32} and "
+                 f"{RECORD_VERSION})",
     k.E_HEADER_CRC: "record header checksum mismatch",
     k.E_LENGTH: "record header gives an impossible length",
     k.E_TRUNCATED: "record runs past the end of the available bytes (torn write or short read)",
@@ -261,9 +288,9 @@ def parse_header(buf: object, offset: int = 0) -> RecordHeader:
     magic, version, ncols, count, user, length, hcrc = _HEADER.unpack_from(mv, offset)
     if magic != RECORD_MAGIC:
         _raise(k.E_MAGIC, path=None, offset=offset, user=None, detail=f"found 0x{magic:02X}")
-    if version != RECORD_VERSION:
+    if version not in _VERSIONS:
         _raise(k.E_VERSION, path=None, offset=offset, user=None, detail=f"found {version}")
-    if zlib.crc32(mv[offset:offset + 20]) != hcrc:
+    if _checksum(mv[offset:offset + 20], version) != hcrc:
         _raise(k.E_HEADER_CRC, path=None, offset=offset, user=None)
     if ncols == 0 or length < HEADER_SIZE + CHECKSUM_SIZE + k.FOR_DESC * ncols:
         _raise(k.E_LENGTH, path=None, offset=offset, user=user, detail=f"{length} bytes for {ncols} columns")
@@ -289,7 +316,8 @@ def record_checksum_ok(buf: object, offset: int = 0) -> bool:
     end = offset + h.length
     if end > len(mv):
         return False
-    return zlib.crc32(mv[offset:end - CHECKSUM_SIZE]) == int.from_bytes(mv[end - CHECKSUM_SIZE:end], "little")
+    return _checksum(mv[offset:end - CHECKSUM_SIZE], mv[offset + 1]) == int.from_bytes(mv[end - CHECKSUM_SIZE:end],
+                                                                                       "little")
 
 
 def _views(out: np.ndarray, col_starts: np.ndarray, plan: _Plan, names: tuple[str, ...], n: int
@@ -298,8 +326,9 @@ def _views(out: np.ndarray, col_starts: np.ndarray, plan: _Plan, names: tuple[st
     starts = col_starts.tolist()
     for name in names:
         f = plan.index[name]
-        # The ndarray constructor is the cheapest way to a typed view (~2x faster than slice + view).
-        result[name] = np.ndarray((n,), plan.dtypes[f], out, starts[f])
+        # np.frombuffer is the cheapest typed view here (measured: ~10% below the ndarray
+        # constructor, ~35% below slice + view); with 7 columns it is a quarter of a 1000-event decode.
+        result[name] = np.frombuffer(out, plan.dtypes[f], n, starts[f])
     return result
 
 
@@ -318,30 +347,28 @@ def decode_record(buf: object, schema: Schema, fields: Sequence[str] | None = No
     arr = _as_u8(buf)
     n_avail = len(arr)
     if n_avail >= HEADER_SIZE:
-        magic, version, ncols, count, user, length, hcrc = _HEADER.unpack_from(arr, 0)
-        # Fast path: every check in one expression; _check_record names the failure otherwise.
-        ok = (magic == RECORD_MAGIC and version == RECORD_VERSION and ncols
-              and HEADER_SIZE + CHECKSUM_SIZE + k.FOR_DESC * ncols <= length <= n_avail
-              and zlib.crc32(arr[:20]) == hcrc
-              # zlib's CRC-32 is ~2x faster than the Numba one (which the batch path uses).
-              and zlib.crc32(arr[:length - CHECKSUM_SIZE]) == _U32.unpack_from(arr, length - CHECKSUM_SIZE)[0])
+        magic, version, ncols, count, user, length, _ = _HEADER.unpack_from(arr, 0)
+        # Fast path: the header's fields in one expression (the kernel checks both checksums);
+        # _check_record names the failure otherwise.
+        ok = (magic == RECORD_MAGIC and version in _VERSIONS and ncols
+              and HEADER_SIZE + CHECKSUM_SIZE + k.FOR_DESC * ncols <= length <= n_avail)
     else:
         ok = False
     if not ok:
         _check_record(arr, path=path, offset=offset, expect_user=expect_user)
         raise AssertionError("unreachable: _check_record raises on every failed check")
-    if expect_user is not None and user != expect_user:
-        raise CorruptionError(f"record belongs to user {user}, not the expected user {expect_user} "
-                              f"(stale or misdirected index entry)", path=path, offset=offset, user_id=expect_user)
-    if ncols != len(plan.names):
-        _raise(k.E_COLUMNS, path=path, offset=offset, user=user)
     if last_n is None:
         n_out = count
     elif last_n >= 0:
         n_out = min(count, last_n)
     else:
         raise ValueError(f"last_n must be >= 0, got {last_n}")
-    status, out, col_starts = k.decode_one(arr, length, count, plan.smeta, want, n_out)
+    status, out, col_starts = k.decode_one(arr, length, count, ncols, plan.smeta, want, n_out, version)
+    if status == k.E_HEADER_CRC:  # the header is not to be trusted: name no user from it
+        _raise(status, path=path, offset=offset, user=expect_user)
+    if expect_user is not None and user != expect_user:
+        raise CorruptionError(f"record belongs to user {user}, not the expected user {expect_user} "
+                              f"(stale or misdirected index entry)", path=path, offset=offset, user_id=expect_user)
     if status != k.OK:
         _raise(status, path=path, offset=offset, user=user)
     return _views(out, col_starts, plan, names, n_out)
@@ -355,9 +382,9 @@ def _check_record(arr: np.ndarray, *, path: str | None, offset: int | None, expe
     magic, version, ncols, _, user, length, hcrc = _HEADER.unpack_from(arr, 0)
     if magic != RECORD_MAGIC:
         _raise(k.E_MAGIC, path=path, offset=offset, user=expect_user, detail=f"found 0x{magic:02X}")
-    if version != RECORD_VERSION:
+    if version not in _VERSIONS:
         _raise(k.E_VERSION, path=path, offset=offset, user=expect_user, detail=f"found {version}")
-    if zlib.crc32(arr[:20]) != hcrc:
+    if _checksum(arr[:20], version) != hcrc:
         _raise(k.E_HEADER_CRC, path=path, offset=offset, user=expect_user)
     if ncols == 0 or length < HEADER_SIZE + CHECKSUM_SIZE + k.FOR_DESC * ncols:
         _raise(k.E_LENGTH, path=path, offset=offset, user=user, detail=f"{length} bytes for {ncols} columns")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqvault._bitpack import crc32, pack_bits, unpack_into_words, unpack_to
+from seqvault._bitpack import crc32, pack_bits, unpack_into_words, unpack_to, xxh64
+from seqvault._unpack import MAX_ALIGNED_WIDTH, unpack_aligned
 from seqvault.codec import (
     CHECKSUM_SIZE,
     HEADER_SIZE,
     RECORD_MAGIC,
+    RECORD_VERSION_CRC32,
     RecordHeader,
     decode_record,
     decode_records,
@@ -73,7 +77,12 @@ def ref_unpack(data: bytes, n: int, width: int) -> np.ndarray:
     return (bits << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
 
 
-def ref_encode(user_id: int, columns: dict[str, np.ndarray], schema: Schema) -> bytes:
+def ref_checksum(data: bytes, version: int) -> int:
+    """Record format 1: CRC-32 (zlib); format 2: XXH64's low 32 bits (the xxhash library)."""
+    return zlib.crc32(data) if version == 1 else xxhash.xxh64_intdigest(data) & 0xFFFFFFFF
+
+
+def ref_encode(user_id: int, columns: dict[str, np.ndarray], schema: Schema, version: int = 2) -> bytes:
     n = len(columns[schema.names[0]])
     descs, payloads = b"", b""
     for f in schema.fields:
@@ -97,16 +106,16 @@ def ref_encode(user_id: int, columns: dict[str, np.ndarray], schema: Schema) -> 
             descs += struct.pack("<BBQ", code, wf, lo)
             payloads += ref_pack(u - np.uint64(lo), wf)
     length = HEADER_SIZE + len(descs) + len(payloads) + CHECKSUM_SIZE
-    head = struct.pack("<BBHIQI", RECORD_MAGIC, 1, len(schema.fields), n, user_id, length)
-    body = head + struct.pack("<I", zlib.crc32(head)) + descs + payloads
-    return body + struct.pack("<I", zlib.crc32(body))
+    head = struct.pack("<BBHIQI", RECORD_MAGIC, version, len(schema.fields), n, user_id, length)
+    body = head + struct.pack("<I", ref_checksum(head, version)) + descs + payloads
+    return body + struct.pack("<I", ref_checksum(body, version))
 
 
 def ref_decode(rec: bytes, schema: Schema) -> tuple[int, dict[str, np.ndarray]]:
     magic, version, ncols, n, user, length, hcrc = struct.unpack_from("<BBHIQII", rec)
-    assert (magic, version, ncols) == (RECORD_MAGIC, 1, len(schema.fields))
-    assert hcrc == zlib.crc32(rec[:20]) and len(rec) >= length
-    assert struct.unpack_from("<I", rec, length - 4)[0] == zlib.crc32(rec[: length - 4])
+    assert (magic, ncols) == (RECORD_MAGIC, len(schema.fields)) and version in (1, 2)
+    assert hcrc == ref_checksum(rec[:20], version) and len(rec) >= length
+    assert struct.unpack_from("<I", rec, length - 4)[0] == ref_checksum(rec[: length - 4], version)
     pos, descs = HEADER_SIZE, []
     for _ in schema.fields:
         kind, width, base = struct.unpack_from("<BBQ", rec, pos)
@@ -188,6 +197,87 @@ def test_crc32_kernel_matches_zlib(data: bytes, start: int, cut: int) -> None:
     start = min(start, len(arr))
     end = max(start, len(arr) - cut)
     assert int(crc32(arr, start, end)) == zlib.crc32(data[start:end])
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300), start=st.integers(0, 40), cut=st.integers(0, 40))
+def test_xxh64_kernel_matches_the_xxhash_library(data: bytes, start: int, cut: int) -> None:
+    arr = np.frombuffer(data, np.uint8)
+    start = min(start, len(arr))
+    end = max(start, len(arr) - cut)
+    assert int(xxh64(arr, start, end)) == xxhash.xxh64_intdigest(data[start:end])
+
+
+@SETTINGS
+@given(width=st.integers(1, MAX_ALIGNED_WIDTH), n=st.integers(0, 200), seed=st.integers(0, 2**32 - 1),
+       base=st.integers(0, 2**64 - 1))
+def test_width_specialised_unpack_kernels_match_reference(width: int, n: int, seed: int, base: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, (1 << width) - 1, n, dtype=np.uint64, endpoint=True)
+    packed = ref_pack(values, width)
+    # One readable word past the last value's, garbage in it: the kernel must mask it off.
+    stream = np.frombuffer(packed + b"\xff" * 8, np.uint8)
+    words32 = np.frombuffer(stream[: len(stream) // 4 * 4].tobytes(), np.uint32)
+    got = np.zeros(n, np.uint64)
+    unpack_aligned(width, words32, n, np.uint64(base), got)
+    np.testing.assert_array_equal(got, values + np.uint64(base))
+
+
+def test_the_generated_unpack_module_is_up_to_date() -> None:
+    import runpy
+
+    gen = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "gen_unpack_kernels.py"))
+    assert Path(gen["TARGET"]).read_text() == gen["generate"](), "run python scripts/gen_unpack_kernels.py"
+
+
+@pytest.mark.parametrize("width", [*range(1, 65)])
+def test_every_width_decodes_every_tail_length(width: int) -> None:
+    """Columns of every width, sequences around the 32-value alignment the fast unpack starts at,
+    read whole and as every kind of tail (last_n), one record and many in one buffer."""
+    schema = Schema([Field("t", "int64"), Field("v", "uint64")], time_field="t", name=f"w{width}")
+    rng = np.random.default_rng(width)
+    cases = []
+    for n in (1, 2, 31, 32, 33, 64, 65, 100, 257):
+        v = rng.integers(0, 2**width - 1, n, dtype=np.uint64, endpoint=True) if width < 64 else \
+            rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+        v[0] = 0  # so FOR needs all `width` bits
+        v[-1] = 2**width - 1
+        t = np.cumsum(rng.integers(0, 2**min(width, 40), n, dtype=np.int64, endpoint=True)) - 5
+        cases.append({"t": t, "v": v})
+    for i, cols in enumerate(cases):
+        rec = encode_record(i, cols, schema)
+        for last_n in sorted({0, 1, 2, 31, 32, 33, 40, len(cols["t"]) - 1, len(cols["t"])}):
+            if last_n < 0:
+                continue
+            got = decode_record(rec, schema, last_n=last_n)
+            want = {k: v[len(v) - min(last_n, len(v)):] for k, v in cols.items()}
+            assert_columns_equal(got, want)
+    uids = np.arange(len(cases), dtype=np.uint64)
+    offsets = np.concatenate([[0], np.cumsum([len(c["t"]) for c in cases])]).astype(np.int64)
+    merged = {k: np.concatenate([c[k] for c in cases]) for k in ("t", "v")}
+    buf, starts = encode_records(uids, offsets, merged, schema)
+    for last_n in (None, 33, 5):
+        ev, got = decode_records(buf, starts[:-1], schema, last_n=last_n)
+        for i, c in enumerate(cases):
+            keep = len(c["t"]) if last_n is None else min(last_n, len(c["t"]))
+            assert_columns_equal({k: v[ev[i]:ev[i + 1]] for k, v in got.items()},
+                                 {k: v[len(v) - keep:] for k, v in c.items()})
+
+
+@SETTINGS
+@given(case=schemas_and_columns(), user_id=st.integers(0, 2**64 - 1))
+def test_format_1_records_still_decode(case: tuple[Schema, dict[str, np.ndarray]], user_id: int) -> None:
+    """Stores written before format 2 (CRC-32 checksums) still open: every reader takes both."""
+    schema, cols = case
+    old = np.frombuffer(ref_encode(user_id, cols, schema, version=1), np.uint8)
+    assert old[1] == RECORD_VERSION_CRC32
+    assert_columns_equal(decode_record(old, schema, expect_user=user_id), cols)
+    assert parse_header(old).user_id == user_id and record_checksum_ok(old)
+    _, got = decode_records(old, np.array([0]), schema)
+    assert_columns_equal(got, cols)
+    damaged = old.copy()
+    damaged[len(damaged) // 2] ^= 0x10
+    assert not record_checksum_ok(damaged) or len(damaged) <= HEADER_SIZE + CHECKSUM_SIZE
 
 
 @SETTINGS
