@@ -108,12 +108,12 @@ def test_a_killed_shard_node_fails_the_run_promptly_naming_the_shard_and_its_log
 
 def test_run_command_with_shards_writes_the_cluster_row_and_the_shards(tmp_path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "storagebench.cli", "run", "--store", "seqvault", "--shards", "2", "--users", "200",
-           "--rate", "80", "--warmup-s", "1", "--window-s", "3", "--io", "buffered", "--out", str(out)]
+    cmd = [sys.executable, "-m", "storagebench.cli", "run", "--store", "null", "--shards", "2", "--users", "200",
+           "--rate", "80", "--warmup-s", "1", "--window-s", "2", "--io", "buffered", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((out / "run.json").read_text())
-    row = doc["rows"]["seqvault"]
+    row = doc["rows"]["null"]
     assert row["shard_count"] == 2 and [b["shard"] for b in row["shards"]] == [0, 1]
     assert doc["cluster"]["spec"]["shards"] == 2 and doc["cluster"]["node_ips"] == ["127.0.0.1"]
     assert "Shards" in proc.stdout and "merged cluster rows" in proc.stdout
