@@ -1,8 +1,9 @@
 """SeqVault's on-disk record: one user's whole sequence as packed integer columns.
 
 A record is self-describing (a recovery scan reads the header and knows where the next record
-starts) and fully checksummed (any single corrupted byte is detected; nothing is decoded from a
-record whose checksum fails). All integers are little-endian.
+starts) and fully checksummed (a corruption goes undetected with probability 2**-32 in format 2,
+never for a burst of up to 32 bits in format 1; nothing is decoded from a record whose checksum
+fails). All integers are little-endian.
 
 Record layout, byte by byte (``L`` = record length, ``n`` = event count)::
 

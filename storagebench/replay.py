@@ -51,6 +51,7 @@ class Schedule:
     args: list[tuple]           # the request arguments of each op
     measured_from: int          # index of the first op in the measured window (earlier ones warm up)
     appended_events: np.ndarray  # int64 events carried by each op (0 for reads)
+    origin: np.ndarray | None = None  # a shard's part: each op's index in the unsplit schedule
 
     def __len__(self) -> int:
         return len(self.kinds)

@@ -53,7 +53,9 @@ Per-store block (``rows[name]``)::
                      invalid_reasons, by_op: {append|read: {count, offered_ops_per_s, achieved_ops_per_s,
                      latency_first_tenth_p50_ms, latency_last_tenth_p50_ms, grew, started_backlogged,
                      unanswered_ops, below_offered, reasons}}}
-    generator       {dispatch_lag_p50_ms, dispatch_lag_p99_ms, dispatch_lag_max_ms, cpu_s, mode}
+    generator       {dispatch_lag_p50_ms, dispatch_lag_p99_ms, dispatch_lag_max_ms, cpu_s, mode, late_start_ms
+                     (how far past its given start the dispatch clock began; 0 unless shards were started
+                     at a shared instant)}
     cpu             {cpu_s, cpu_user_s, cpu_system_s, wall_s, node_cores, cpu_usage_pct, cpu_s_per_op,
                      cpu_cores_for_target, target_qps, target_utilisation,
                      series: [[t_s, node_cpu_pct, generator_cpu_pct], ...] one per second (100 = one core)}
@@ -67,7 +69,14 @@ Per-store block (``rows[name]``)::
 A sharded run (``--shards K``, ``--cluster``) writes the same document; each ``rows[name]`` is then the
 merged cluster row (latency summaries from the shards' HDR histograms added together; CPU seconds,
 I/O, disk, DRAM and ops summed; utilisation = summed CPU over the summed reserved cores; valid only
-when every shard is; ``generator`` is the worst shard's), plus::
+when every shard is; ``generator`` is the worst shard's dispatch lag and the shards' summed CPU;
+``backlog`` keeps grew / started_backlogged / below_offered / unanswered_ops / invalid_reasons and the
+shards' own blocks in ``by_shard``; utilisation's wall time is the longest shard's; ``stats`` sums
+sizes and counters, keeps a setting the shards share, lists a state that differs per shard, and an
+error as ``["shard i: ..."]``). An append carrying several users' events is split into one append
+per shard: ``measured_ops``, ``cpu_s_per_op`` and the ops/s figures count the workload's own
+operations (``measured_shard_ops`` the shards'), while ``latency.append`` is per shard's part.
+Cores are the CPUs each shard reserved in Ray (unpinned: usage can exceed 100 %). Plus::
 
     shard_count     K
     shards          one per-shard block (the fields above) each, plus shard, placement {ray_node_id,
@@ -75,6 +84,7 @@ when every shard is; ``generator`` is the worst shard's), plus::
                     {append|read: {latency, service, from_send, to_node, from_node}, all_ops}: the
                     HdrHistograms, base64 (HdrHistogram's own encoding), from which the row was merged
     skew            {measured_ops|stored_events|cpu_s: {per_shard, max_over_mean}, read_p99_ms}
+    measured_shard_ops  the shards' measured operations (split appends counted per shard)
     cluster         {address, ray_version, nodes, node_ips, cluster_cpus, spec {shards, address,
                      generators_on, node_cpus, generator_cpus, node_host}, placement {strategy, bundles,
                      node_bundle, generator_bundle}, ray_nodes_used, warnings}

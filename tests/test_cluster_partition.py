@@ -96,7 +96,7 @@ def _block(shard: int, lat_us: np.ndarray, cpu_s: float, ops: int) -> dict:
     backlog = {"grew": False, "started_backlogged": False, "below_offered": False, "unanswered_ops": 0}
     return {
         "store": "seqvault", "shard": shard, "config": {}, "io_mode": "direct", "warnings": [],
-        "load": {"cpu_s": 1.0, "wall_s": 2.0, "io": {"write_bytes": 10}, "events": 5},
+        "load": {"cpu_s": 1.0, "wall_s": 2.0, "io": {"write_bytes": 10}, "events": 5, "write_amplification": 0.2},
         "cpu": {"cpu_s": cpu_s, "cpu_user_s": cpu_s, "cpu_system_s": 0.0, "wall_s": 10.0, "node_cores": 1,
                 "cpu_usage_pct": 10 * cpu_s, "cpu_s_per_op": cpu_s / ops, "target_qps": 1e6,
                 "target_utilisation": 0.5, "series": [[1.0, 5.0, None], [2.0, 6.0, None]]},
@@ -108,7 +108,9 @@ def _block(shard: int, lat_us: np.ndarray, cpu_s: float, ops: int) -> dict:
                  "final_bytes": 100, "compacted_bytes": 90, "series": [[1.0, 100], [2.0, 100]]},
         "io": {"window": {"read_bytes": 5, "write_bytes": 7}, "appended_events": 4, "appended_logical_bytes": 40,
                "returned_bytes": 50},
-        "stats": {"dram_bytes": 1000, "index_bytes": 400}, "run_config": {},
+        "stats": {"dram_bytes": 1000, "index_bytes": 400, "max_len": 1000, "merges": 2, "background_error": None,
+                  "level": shard},
+        "run_config": {},
         "histograms": {op: hist for op in ("append", "read")} | {"all_ops": hist["latency"]},
         "p99_ms": summary["p99_ms"],
     }
@@ -142,3 +144,35 @@ def test_a_shard_that_is_not_valid_makes_the_cluster_row_not_valid() -> None:
     bad["valid"], bad["invalid_reasons"] = False, ["read: backlog grew"]
     row = merge_shard_blocks([_block(0, np.full(10, 1000), 1.0, 10), bad])
     assert not row["valid"] and row["invalid_reasons"] == ["shard 1: read: backlog grew"]
+
+
+def test_merged_row_counts_the_workloads_ops_sums_counters_and_keeps_settings_and_errors() -> None:
+    a, b = _block(0, np.full(10, 1000), 1.0, 10), _block(1, np.full(10, 1000), 1.0, 10)
+    b["stats"]["background_error"] = "merge failed: disk full"
+    a["load"]["write_amplification"] = None  # a shard that loaded nothing has no ratio
+    row = merge_shard_blocks([a, b], measured_ops=16, row_bytes=2)
+    # 20 shard ops, 16 of the workload's (4 appends were split in two): per-op cost and rates use 16
+    assert row["measured_ops"] == 16 and row["measured_shard_ops"] == 20
+    assert row["cpu_s_per_op"] == pytest.approx(2.0 / 16)
+    assert row["offered_ops_per_s"] == pytest.approx(16 / 10)
+    stats = row["stats"]
+    assert stats["merges"] == 4 and stats["dram_bytes"] == 2000   # counters and sizes add up
+    assert stats["max_len"] == 1000                               # a setting: the shards' common value
+    assert stats["level"] == [0, 1]                               # a per-node state that differs: both kept
+    assert stats["background_error"] == ["shard 1: merge failed: disk full"]
+    # write amplification from the sums: 20 bytes written for 10 events of 2 bytes
+    assert row["load"]["write_amplification"] == pytest.approx(1.0) and row["load"]["events"] == 10
+
+
+def test_a_shard_without_measured_operations_is_a_clear_error() -> None:
+    from storagebench.cluster import split_prepared
+    from storagebench.experiments.run import PreparedWorkload
+
+    sched = _schedule()
+    one_user = Schedule(sched.kinds[:5], sched.offsets_ns[:5], [(np.array([7], np.uint64), 10)] * 5, 1,
+                        np.zeros(5, np.int64))
+    one_user.kinds[:] = OP_NAMES.index("read")
+    prepared = PreparedWorkload(one_user, np.array([7], np.uint64), 10, 10, {}, np.array([7], np.uint64),
+                                np.array([10]), np.array([10]))
+    with pytest.raises(ValueError, match="gets no operation inside the measured window"):
+        split_prepared(prepared, 2, warmup_s=0.0)

@@ -106,6 +106,16 @@ def test_a_killed_shard_node_fails_the_run_promptly_naming_the_shard_and_its_log
     assert failed_after < 15, f"the run took {failed_after:.1f} s to fail after the node was killed (window: 30 s)"
 
 
+def test_a_shards_background_failure_fails_the_run(local_ray, workload, tmp_path) -> None:
+    """The shard's node reports a failed maintenance while its own client is idle: the run must
+    fail (a single-node run does), not return a row with merges silently stopped."""
+    wl, cfg, prepared = workload
+    cfg = RunConfig(**{**cfg.__dict__, "store_options": {"memory": {"fail_maintenance_after_s": 3.0}}})
+    with pytest.raises(ClusterError, match="background maintenance failed"):
+        run_store_sharded(wl, prepared, "memory", str(tmp_path / "stores" / "memory"), cfg, ClusterSpec(shards=2),
+                          hist_log_dir=str(tmp_path / "hdr"))
+
+
 def test_run_command_with_shards_writes_the_cluster_row_and_the_shards(tmp_path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "storagebench.cli", "run", "--store", "null", "--shards", "2", "--users", "200",

@@ -17,17 +17,36 @@ from storagebench.measure import cores_for_target, latency_summary, merge_histog
 LATENCY_METRICS = ("latency", "service", "from_send", "to_node", "from_node")
 
 
-def _sum_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Numbers summed key by key (nested dicts too); other values from the first."""
+# Stats that add up over shards (sizes and counters); any other figure is a per-node setting or state.
+ADDITIVE = ("bytes", "events", "users", "count", "merges", "records", "keys", "moved", "reads", "writes",
+            "appends", "files", "memory", "-mem")
+
+
+def _additive(key: str) -> bool:
+    return any(part in key for part in ADDITIVE)
+
+
+def _sum_dicts(dicts: list[dict[str, Any]], additive: bool = True) -> dict[str, Any]:
+    """Numbers summed key by key (nested dicts too), ``None`` skipped. With ``additive=False`` only
+    keys named like sizes or counters are summed; a key whose shards differ otherwise becomes the
+    list of the shards' values, and a non-null message (an error) the list of "shard i: ..."."""
     out: dict[str, Any] = {}
-    for d in dicts:
-        for k, v in d.items():
-            if isinstance(v, bool) or not isinstance(v, int | float | dict):
-                out.setdefault(k, v)
-            elif isinstance(v, dict):
-                out[k] = _sum_dicts([out[k], v]) if isinstance(out.get(k), dict) else _sum_dicts([v])
-            elif v is not None:
-                out[k] = out.get(k, 0) + v
+    for k in dict.fromkeys(k for d in dicts for k in d):
+        values = [d.get(k) for d in dicts]
+        present = [v for v in values if v is not None]
+        if not present:
+            out[k] = None
+        elif all(isinstance(v, dict) for v in present):
+            out[k] = _sum_dicts(present, additive)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in present) and (
+                additive or _additive(k)):
+            out[k] = sum(present)
+        elif len(present) == len(values) and all(v == present[0] for v in present):
+            out[k] = present[0]
+        elif all(isinstance(v, str) for v in present):
+            out[k] = [f"shard {i}: {v}" for i, v in enumerate(values) if v is not None]
+        else:
+            out[k] = values
     return out
 
 
@@ -62,8 +81,10 @@ def skew(blocks: list[dict[str, Any]]) -> dict[str, Any]:
             "read_p99_ms": [b["p99_ms"] for b in blocks]}
 
 
-def merge_shard_blocks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The cluster row of one store from its shard blocks (each from :func:`shard_block`)."""
+def merge_shard_blocks(blocks: list[dict[str, Any]], measured_ops: int | None = None,
+                       row_bytes: int | None = None) -> dict[str, Any]:
+    """The cluster row of one store from its shard blocks. ``measured_ops``: the workload's own
+    measured operations (an append split over shards counts once); default the shards' sum."""
     if not blocks:
         raise ValueError("no shard blocks to merge")
     first = blocks[0]
@@ -74,7 +95,9 @@ def merge_shard_blocks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         latency[op] = {m: latency_summary(merge_histograms([b["histograms"][op][m] for b in blocks]))
                        for m in LATENCY_METRICS}
         latency[op]["count"] = sum(b["latency"][op]["count"] for b in blocks)
-    measured = sum(b["measured_ops"] for b in blocks)
+    shard_ops = sum(b["measured_ops"] for b in blocks)
+    measured = shard_ops if measured_ops is None else measured_ops
+    per_shard_op = measured / shard_ops if shard_ops else 1.0  # rates in the workload's own ops
     cpu_s = sum(b["cpu"]["cpu_s"] for b in blocks)
     wall_s = max(b["cpu"]["wall_s"] for b in blocks)
     cores = sum(b["cpu"]["node_cores"] for b in blocks)
@@ -92,7 +115,7 @@ def merge_shard_blocks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         "config": first["config"],
         "io_mode": first["io_mode"],
         "warnings": list(dict.fromkeys(w for b in blocks for w in b["warnings"])),
-        "load": {**_sum_dicts([b["load"] for b in blocks]), "wall_s": max(b["load"]["wall_s"] for b in blocks)},
+        "load": _merged_load(blocks, row_bytes),
         "cpu": {
             "cpu_s": cpu_s, "cpu_user_s": sum(b["cpu"]["cpu_user_s"] for b in blocks),
             "cpu_system_s": sum(b["cpu"]["cpu_system_s"] for b in blocks), "wall_s": wall_s, "node_cores": cores,
@@ -104,9 +127,10 @@ def merge_shard_blocks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "latency": latency,
         "all_ops_latency": latency_summary(merge_histograms([b["histograms"]["all_ops"] for b in blocks])),
-        "offered_ops_per_s": sum(b["offered_ops_per_s"] for b in blocks),
-        "achieved_ops_per_s": sum(b["achieved_ops_per_s"] for b in blocks),
+        "offered_ops_per_s": per_shard_op * sum(b["offered_ops_per_s"] for b in blocks),
+        "achieved_ops_per_s": per_shard_op * sum(b["achieved_ops_per_s"] for b in blocks),
         "measured_ops": measured,
+        "measured_shard_ops": shard_ops,
         "backlog": {"grew": any(b["backlog"]["grew"] for b in blocks),
                     "started_backlogged": any(b["backlog"]["started_backlogged"] for b in blocks),
                     "below_offered": any(b["backlog"]["below_offered"] for b in blocks),
@@ -137,11 +161,28 @@ def merge_shard_blocks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
                "appended_logical_bytes": appended_logical, "returned_bytes": returned,
                "write_amplification": _ratio(io_window.get("write_bytes", 0), appended_logical),
                "read_amplification": _ratio(io_window.get("read_bytes", 0), returned)},
-        "stats": _sum_dicts([b["stats"] for b in blocks]),
+        "stats": _sum_dicts([b["stats"] for b in blocks], additive=False),
         "run_config": first["run_config"],
         "shard_count": len(blocks),
         "skew": skew(blocks),
         "shards": blocks,
     }
+    late = [f"shard {b['shard']}: its generator started {b['generator']['late_start_ms']:.0f} ms after the shared "
+            f"start (its schedule was shifted, the shards were not simultaneous)"
+            for b in blocks if b["generator"].get("late_start_ms", 0.0) > 0]
+    row["warnings"] += late
     add_headline(row)
     return row
+
+
+def _merged_load(blocks: list[dict[str, Any]], row_bytes: int | None) -> dict[str, Any]:
+    """The shards' bulk loads together (concurrent: wall time is the longest); the write
+    amplification recomputed from the sums, never a sum of ratios."""
+    load = _sum_dicts([{k: v for k, v in b["load"].items() if k != "write_amplification"} for b in blocks])
+    load["wall_s"] = max(b["load"]["wall_s"] for b in blocks)
+    if row_bytes is None:  # the logical size of an event, from any shard that appended some
+        row_bytes = next((b["io"]["appended_logical_bytes"] // b["io"]["appended_events"] for b in blocks
+                          if b["io"].get("appended_events")), None)
+    logical = load.get("events", 0) * row_bytes if row_bytes else 0
+    load["write_amplification"] = load["io"].get("write_bytes", 0) / logical if logical else None
+    return load

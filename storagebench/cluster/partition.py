@@ -41,7 +41,9 @@ def split_schedule(schedule: Schedule, shards: int, warmup_ns: int) -> list[Sche
     offsets: list[list[int]] = [[] for _ in range(shards)]
     args: list[list[tuple]] = [[] for _ in range(shards)]
     appended: list[list[int]] = [[] for _ in range(shards)]
-    for kind, off, a in zip(schedule.kinds.tolist(), schedule.offsets_ns.tolist(), schedule.args, strict=True):
+    origin: list[list[int]] = [[] for _ in range(shards)]
+    for op, (kind, off, a) in enumerate(zip(schedule.kinds.tolist(), schedule.offsets_ns.tolist(), schedule.args,
+                                            strict=True)):
         uids = a[0]
         owner = shard_of(uids, shards)
         if kind != _APPEND or len(uids) == 0 or (owner == owner[0]).all():
@@ -56,12 +58,13 @@ def split_schedule(schedule: Schedule, shards: int, warmup_ns: int) -> list[Sche
             offsets[s].append(off)
             args[s].append(sub)
             appended[s].append(len(sub[0]) if kind == _APPEND else 0)
+            origin[s].append(op)
     out = []
     for s in range(shards):
         offs = np.array(offsets[s], dtype=np.int64)
         out.append(Schedule(np.array(kinds[s], dtype=np.uint8), offs, args[s],
                             int(np.searchsorted(offs, warmup_ns, side="left")),
-                            np.array(appended[s], dtype=np.int64)))
+                            np.array(appended[s], dtype=np.int64), np.array(origin[s], dtype=np.int64)))
     return out
 
 
@@ -75,6 +78,10 @@ def split_prepared(prepared: PreparedWorkload, shards: int, warmup_s: float) -> 
     for s, sched in enumerate(schedules):
         mine = user_shard == s
         m0 = sched.measured_from
+        if m0 >= len(sched):
+            raise ValueError(f"shard {s} of {shards} gets no operation inside the measured window (its users are "
+                             f"{int(mine.sum())} of {len(prepared.user_ids)}): use fewer shards, more users or a "
+                             f"longer window")
         info = {**prepared.schedule_info, "ops": len(sched), "warmup_ops": m0, "measured_ops": len(sched) - m0,
                 "measured_reads": int((sched.kinds[m0:] == read_k).sum()),
                 "measured_appends": int((sched.kinds[m0:] == _APPEND).sum()),

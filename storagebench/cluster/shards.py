@@ -23,6 +23,7 @@ from storagebench.cluster.merge import merge_shard_blocks
 from storagebench.cluster.partition import merge_samples, split_chunks, split_prepared
 from storagebench.cluster.runtime import ClusterError, ClusterSpec, connect, import_ray, place, wait_all
 from storagebench.experiments.run import (
+    LoadMeter,
     PreparedWorkload,
     RunConfig,
     WorkloadLike,
@@ -30,7 +31,6 @@ from storagebench.experiments.run import (
     check_correctness,
     finish_phase,
     fresh_dir,
-    load_phase,
     store_options,
 )
 from storagebench.keepawake import KeepAwake
@@ -39,6 +39,7 @@ from storagebench.node import GET, NodeClient
 from storagebench.replay import replay
 from storagebench.stores import store_class
 
+LOAD_WINDOW = 4       # backfill chunks in flight per shard (bounds the object store's share)
 START_MARGIN_S = 2.0   # generators build their frames first; the shared start leaves them this long
 DRAIN_MARGIN_S = 180.0
 
@@ -61,6 +62,7 @@ class ShardNode:
         self.client = NodeClient(store, store_dir, self.schema, options, transport="tcp", host=host)
         print(f"shard {shard}: storage node pid {self.client.pid} serving {self.client.address}", flush=True)
         self.meter: LocalMeter | None = None
+        self.loader: LoadMeter | None = None
 
     def info(self) -> dict[str, Any]:
         ray = import_ray()
@@ -74,9 +76,16 @@ class ShardNode:
                 "ray_node_id": ctx.get_node_id(), "host": socket.gethostname(),
                 "ip": ray.util.get_node_ip_address(), "log": self.log_path, "store_dir": self.store_dir}
 
-    def load(self, parts: list[Any], prime_users: np.ndarray) -> dict[str, Any]:
-        ray = import_ray()
-        load = load_phase(self.client, (ray.get(ref) for ref in parts), self.schema.row_bytes)
+    def begin_load(self) -> None:
+        self.loader = LoadMeter(self.client, self.schema.row_bytes)
+
+    def load_chunk(self, part: tuple[np.ndarray, dict[str, np.ndarray]]) -> int:
+        assert self.loader is not None, "load_chunk() before begin_load()"
+        return self.loader.chunk(*part) if len(part[0]) else self.loader.loaded
+
+    def end_load(self, prime_users: np.ndarray) -> dict[str, Any]:
+        assert self.loader is not None, "end_load() before begin_load()"
+        load = self.loader.finish()
         # Prime the read path (JIT compilation, file handles) so warm-up is spent warming, not compiling.
         self.client.call(GET, prime_users, None)
         return load
@@ -125,13 +134,19 @@ class ShardGenerator:
     def __init__(self, shard: int, address: str, schema_json: str, node: Any) -> None:
         self.shard, self.node = shard, node
         self.client = NodeClient.attach(address, Schema.from_json(schema_json))
+        # A first call through the node's handle outside the clock: the one inside the dispatch
+        # loop (opening the window) then costs a submission only.
+        import_ray().get(node.node_state.remote())
 
     def ready(self) -> bool:
         return True
 
     def replay(self, schedule: Any, start_at_wall_ns: int, options: dict[str, Any]) -> dict[str, Any]:
-        return replay(self.client, schedule, meter=_RemoteMeter(self.node), start_at_wall_ns=start_at_wall_ns,
-                      **options)
+        out = replay(self.client, schedule, meter=_RemoteMeter(self.node), start_at_wall_ns=start_at_wall_ns,
+                     **options)
+        if self.client.background_error:
+            raise RuntimeError(f"background maintenance failed:\n{self.client.background_error}")
+        return out
 
     def close(self) -> None:
         self.client.close()
@@ -146,12 +161,15 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
     nothing while they dispatch, so the progress bar follows the clock instead."""
     cluster = connect(spec)  # first: it decides how Ray is imported (loopback)
     ray = import_ray()
+    # Actors run in the Ray worker's directory, not ours: every path they get is absolute.
+    store_dir = os.path.abspath(store_dir)
+    hist_log_dir = os.path.abspath(hist_log_dir) if hist_log_dir else None
     k = spec.shards
     parts = split_prepared(prepared, k, cfg.warmup_s)
     opts, warnings = store_options(store, cfg, store_dir)
     checks_data = store_class(store).returns_stored_data
     report = progress or (lambda phase, done, total: None)
-    log_dir = os.path.join(os.path.dirname(os.path.abspath(hist_log_dir or store_dir)), "logs")
+    log_dir = os.path.join(os.path.dirname(hist_log_dir or store_dir), "logs")
     logs = [os.path.join(log_dir, f"{store}.shard-{i}.log") for i in range(k)]
     labels = [f"{store} shard {i}/{k}" for i in range(k)]
     placement = place(spec)
@@ -175,15 +193,23 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
             for i in range(k)]
         infos = wait_all([n.info.remote() for n in nodes], labels, "start", 300, why)
         # The backfill goes to the object store part by part, as the driver reads it.
-        refs: list[list[Any]] = [[] for _ in range(k)]
+        wait_all([n.begin_load.remote() for n in nodes], labels, "the bulk load", 300, why)
+        # The backfill goes to the shards chunk by chunk as the driver reads it (an actor runs one
+        # caller's calls in order), at most LOAD_WINDOW chunks in flight per shard.
+        in_flight: list[list[Any]] = [[] for _ in range(k)]
+        sent = 0
         for chunk_parts in split_chunks(wl.iter_backfill(chunk_events=250_000), k):
             for i, part in enumerate(chunk_parts):
-                refs[i].append(ray.put(part))
-        report("load", 0, prepared.backfill_events)
-        loads = wait_all([n.load.remote(refs[i], parts[i].crosscheck_users[:16]) for i, n in enumerate(nodes)],
+                in_flight[i].append(nodes[i].load_chunk.remote(part))
+                if len(in_flight[i]) > LOAD_WINDOW:
+                    wait_all(in_flight[i][:1], labels[i:i + 1], "the bulk load", 3600, lambda _j, i=i: why(i))
+                    in_flight[i] = in_flight[i][1:]
+            sent += sum(len(p[0]) for p in chunk_parts)
+            report("load", sent, prepared.backfill_events)
+        for i in range(k):
+            wait_all(in_flight[i], [labels[i]] * len(in_flight[i]), "the bulk load", 3600, lambda _j, i=i: why(i))
+        loads = wait_all([n.end_load.remote(parts[i].crosscheck_users[:16]) for i, n in enumerate(nodes)],
                          labels, "the bulk load", 3600, why)
-        report("load", prepared.backfill_events, prepared.backfill_events)
-        del refs
         gens = [gen_cls.options(num_cpus=spec.generator_cpus,
                                 scheduling_strategy=placement.scheduling(placement.generator_bundle[i])).remote(
             i, infos[i]["address"], wl.schema.to_json(), nodes[i]) for i in range(k)]
@@ -220,7 +246,10 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
                       "schedule": parts[i].schedule_info, "histograms": replayed[i]["histograms"],
                       "measured_ops": replayed[i]["measured_ops"]})
         blocks.append(block)
-    row = merge_shard_blocks(blocks)
+    # An append of several users' events became one append per shard: cost per op and rates
+    # count the workload's own operations, as a single node's run does.
+    origins = np.unique(np.concatenate([p.schedule.origin[p.schedule.measured_from:] for p in parts]))
+    row = merge_shard_blocks(blocks, measured_ops=len(origins), row_bytes=wl.schema.row_bytes)
     row["cluster"] = {**cluster, "spec": spec.describe(), "placement": placement.describe(),
                       "ray_nodes_used": len({b["placement"]["ray_node_id"] for b in blocks})}
     row["warnings"] = list(dict.fromkeys(row["warnings"] + cluster["warnings"]))

@@ -210,28 +210,56 @@ def load_backfill(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[
     return loaded
 
 
+class LoadMeter:
+    """A bulk load, measured: the node's CPU and I/O from construction to :meth:`finish`, the events
+    loaded, and the write amplification. Chunks may come one call at a time (a shard's load)."""
+
+    def __init__(self, client: NodeClient, row_bytes: int) -> None:
+        self.client, self.row_bytes, self.loaded = client, row_bytes, 0
+        self._start = ProcessSnapshot.take(client.pids)
+
+    def chunk(self, uids: np.ndarray, cols: dict[str, np.ndarray]) -> int:
+        self.client.call("bulk_load", uids, cols)
+        self.loaded += len(uids)
+        return self.loaded
+
+    def finish(self) -> dict[str, Any]:
+        self.client.call("finish_load")
+        load = self._start.delta(ProcessSnapshot.take(self.client.pids))
+        load["events"] = self.loaded
+        load["write_amplification"] = _ratio(load["io"]["write_bytes"], self.loaded * self.row_bytes)
+        return load
+
+
 def load_phase(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], row_bytes: int,
                progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Bulk-load, measured: the node's CPU and I/O over the load, and its write amplification."""
-    snap0 = ProcessSnapshot.take(client.pids)
-    loaded = load_backfill(client, backfill, progress)
-    load = snap0.delta(ProcessSnapshot.take(client.pids))
-    load["events"] = loaded
-    load["write_amplification"] = _ratio(load["io"]["write_bytes"], loaded * row_bytes)
-    return load
+    meter = LoadMeter(client, row_bytes)
+    for uids, cols in backfill:
+        loaded = meter.chunk(uids, cols)
+        if progress is not None:
+            progress(loaded)
+    return meter.finish()
 
 
 def finish_phase(client: NodeClient, crosscheck_users: np.ndarray, checks_data: bool) -> dict[str, Any]:
     """After the replay: flush, then the node's disk and stats, the cross-check sample, and a compaction
-    (for the compacted disk figure). Raises if the node's background maintenance failed."""
-    if client.background_error:
-        raise RuntimeError(f"background maintenance failed:\n{client.background_error}")
+    (for the compacted disk figure). Raises if the node's background maintenance failed, before or
+    during these calls (a client that sent nothing for a while has its error frame still unread)."""
+    client.poll(0.0)
+    _raise_background_error(client)
     client.call("flush")
     after = {"disk": client.call("disk_bytes"), "stats": client.call("stats")}
+    _raise_background_error(client)
     after["sample"] = get_all(client, crosscheck_users) if checks_data else None
     after["compacted"] = client.call("compact")
     after["config"] = client.store_config
     return after
+
+
+def _raise_background_error(client: NodeClient) -> None:
+    if client.background_error:
+        raise RuntimeError(f"background maintenance failed:\n{client.background_error}")
 
 
 def check_correctness(wl: WorkloadLike, schedule: Schedule, checked_reads: list[dict[str, Any]],

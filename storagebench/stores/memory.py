@@ -4,7 +4,9 @@
 ``append_delay_ms`` only every append: driving it through the replay harness checks that the
 latency accounting and the validity rules report what is known to be true, including a backlog
 of one op type only. ``lose_every_nth_append`` acknowledges but silently drops every n-th append
-(a fault to inject): the in-window read-your-writes check must catch it.
+(a fault to inject): the in-window read-your-writes check must catch it. ``fail_maintenance_after_s``
+makes background maintenance raise once that long has passed since open (the node then reports a
+background failure, which every run must turn into an error).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ class MemoryStore(Store):
     thread_safe = True
 
     def __init__(self, path: str, schema: Schema, *, delay_ms: float = 0.0, append_delay_ms: float = 0.0,
-                 lose_every_nth_append: int = 0, **kw: Any) -> None:
+                 lose_every_nth_append: int = 0, fail_maintenance_after_s: float = 0.0, **kw: Any) -> None:
         super().__init__(path, schema, delay_ms=delay_ms, append_delay_ms=append_delay_ms,
-                         lose_every_nth_append=lose_every_nth_append, **kw)
+                         lose_every_nth_append=lose_every_nth_append,
+                         fail_maintenance_after_s=fail_maintenance_after_s, **kw)
+        self.fail_at = time.monotonic() + fail_maintenance_after_s if fail_maintenance_after_s > 0 else None
         self.delay_s = float(delay_ms) / 1e3
         self.append_delay_s = float(append_delay_ms) / 1e3
         self.lose_every = int(lose_every_nth_append)
@@ -48,6 +52,11 @@ class MemoryStore(Store):
         with self._lock:
             for uid, cols in split_by_user(user_ids, columns):
                 self._users[uid] = merge_newest(self._users.get(uid), cols, self.schema, self.max_len)
+
+    def maintain(self) -> bool:
+        if self.fail_at is not None and time.monotonic() >= self.fail_at:
+            raise RuntimeError("injected maintenance failure (fail_maintenance_after_s)")
+        return False
 
     def bulk_load(self, user_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> None:
         user_ids, columns = self.schema.validate(user_ids, columns)
