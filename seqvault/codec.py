@@ -86,7 +86,6 @@ __all__ = [
 ]
 
 _HEADER = struct.Struct("<BBHIQII")
-_U32 = struct.Struct("<I")
 _MAX_U32 = 2**32 - 1
 _VERSIONS = (RECORD_VERSION_CRC32, RECORD_VERSION)
 

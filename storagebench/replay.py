@@ -35,6 +35,7 @@ from storagebench.measure import LocalMeter, NodeMeter, encode_histogram, histog
 from storagebench.node import APPEND, READ, NodeClient
 
 OP_NAMES = (APPEND, READ)
+LATENCY_METRICS = ("latency", "service", "from_send", "to_node", "from_node")  # per op type, in this order
 GENERATOR_SWITCH_INTERVAL_S = 0.0002
 
 
@@ -231,11 +232,10 @@ def replay(client: NodeClient, schedule: Schedule, *, hist_log_dir: str | None =
     per_op: dict[str, Any] = {}
     by_op: dict[str, Any] = {}
     hists: dict[str, Any] = {}
+    metrics = dict(zip(LATENCY_METRICS, (lat_us, svc_us, from_send_us, to_node_us, from_node_us), strict=True))
     for k, name in enumerate(OP_NAMES):
         of_kind = kinds[m0:] == k
         sel = ok & of_kind
-        metrics = {"latency": lat_us, "service": svc_us, "from_send": from_send_us, "to_node": to_node_us,
-                   "from_node": from_node_us}
         made = {metric: histogram_of(values[sel]) for metric, values in metrics.items()}
         per_op[name] = {metric: latency_summary(h) for metric, h in made.items()}
         per_op[name]["count"] = int(np.count_nonzero(of_kind))

@@ -11,11 +11,9 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
-from storagebench.experiments.run import add_headline
+from storagebench.experiments.run import add_headline, ratio
 from storagebench.measure import cores_for_target, latency_summary, merge_histograms
-
-LATENCY_METRICS = ("latency", "service", "from_send", "to_node", "from_node")
-
+from storagebench.replay import LATENCY_METRICS
 
 # Stats that add up over shards (sizes and counters); any other figure is a per-node setting or state.
 ADDITIVE = ("bytes", "events", "users", "count", "merges", "records", "keys", "moved", "reads", "writes",
@@ -63,10 +61,6 @@ def _sum_series(series: list[list[list[Any]]], columns: int) -> list[list[Any]]:
             row.append(round(sum(vals), 2) if vals else None)
         rows.append(row)
     return rows
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return float(a) / float(b) if b else None
 
 
 def skew(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,7 +144,7 @@ def merge_shard_blocks(blocks: list[dict[str, Any]], measured_ops: int | None = 
                          "unanswered": sum(c["unanswered"] for c in checks), "ok": all(c["ok"] for c in checks),
                          "share": checks[0]["share"]} if checks else None),
         "disk": {"bytes": _sum_dicts([b["disk"]["bytes"] for b in blocks]), "stored_events": stored,
-                 "bytes_per_event": _ratio(disk_mean, stored), "mean_bytes": disk_mean,
+                 "bytes_per_event": ratio(disk_mean, stored), "mean_bytes": disk_mean,
                  "max_bytes": sum(b["disk"]["max_bytes"] for b in blocks),
                  "final_bytes": sum(b["disk"]["final_bytes"] for b in blocks),
                  "compacted_bytes": sum(b["disk"]["compacted_bytes"] for b in blocks),
@@ -159,8 +153,8 @@ def merge_shard_blocks(blocks: list[dict[str, Any]], measured_ops: int | None = 
         "io": {"window": io_window,
                "appended_events": sum(b["io"]["appended_events"] for b in blocks),
                "appended_logical_bytes": appended_logical, "returned_bytes": returned,
-               "write_amplification": _ratio(io_window.get("write_bytes", 0), appended_logical),
-               "read_amplification": _ratio(io_window.get("read_bytes", 0), returned)},
+               "write_amplification": ratio(io_window.get("write_bytes", 0), appended_logical),
+               "read_amplification": ratio(io_window.get("read_bytes", 0), returned)},
         "stats": _sum_dicts([b["stats"] for b in blocks], additive=False),
         "run_config": first["run_config"],
         "shard_count": len(blocks),

@@ -174,10 +174,11 @@ def place(spec: ClusterSpec) -> Placement:
 
 
 def wait_all(refs: Sequence[Any], labels: Sequence[str], what: str, timeout_s: float,
-             on_failure: Any = None) -> list[Any]:
+             on_failure: Any = None, tick: Any = None) -> list[Any]:
     """The results of ``refs`` (one per shard, ``labels`` naming them), in order. The first failure
     raises :class:`ClusterError` at once, naming its shard and what ``on_failure(i)`` adds (its
-    log); so does a shard still running after ``timeout_s``."""
+    log); so does a shard still running after ``timeout_s``. ``tick()`` runs about once a second
+    while it waits (a progress bar)."""
     ray = import_ray()
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
@@ -185,6 +186,8 @@ def wait_all(refs: Sequence[Any], labels: Sequence[str], what: str, timeout_s: f
     deadline = time.monotonic() + timeout_s
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        if tick is not None:
+            tick()
         for ref in ready:
             i = index[ref]
             try:

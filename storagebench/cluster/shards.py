@@ -21,7 +21,7 @@ import numpy as np
 from seqvault.schema import Schema
 from storagebench.cluster.merge import merge_shard_blocks
 from storagebench.cluster.partition import merge_samples, split_chunks, split_prepared
-from storagebench.cluster.runtime import ClusterError, ClusterSpec, connect, import_ray, place, wait_all
+from storagebench.cluster.runtime import ClusterSpec, connect, import_ray, place, wait_all
 from storagebench.experiments.run import (
     LoadMeter,
     PreparedWorkload,
@@ -31,6 +31,7 @@ from storagebench.experiments.run import (
     check_correctness,
     finish_phase,
     fresh_dir,
+    raise_background_error,
     store_options,
 )
 from storagebench.keepawake import KeepAwake
@@ -144,8 +145,7 @@ class ShardGenerator:
     def replay(self, schedule: Any, start_at_wall_ns: int, options: dict[str, Any]) -> dict[str, Any]:
         out = replay(self.client, schedule, meter=_RemoteMeter(self.node), start_at_wall_ns=start_at_wall_ns,
                      **options)
-        if self.client.background_error:
-            raise RuntimeError(f"background maintenance failed:\n{self.client.background_error}")
+        raise_background_error(self.client)
         return out
 
     def close(self) -> None:
@@ -223,7 +223,16 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
         start_at = time.time_ns() + int((START_MARGIN_S + 20e-6 * max(len(p.schedule) for p in parts)) * 1e9)
         runs = [g.replay.remote(schedules[i], start_at, options[i]) for i, g in enumerate(gens)]
         span = float(prepared.schedule.offsets_ns[-1]) / 1e9 if len(prepared.schedule) else 0.0
-        replayed = _wait_replays(runs, labels, why, start_at, span, len(prepared.schedule), report)
+        n_ops = len(prepared.schedule)
+
+        def clock_progress() -> None:
+            # The generators report nothing while they dispatch (a Ray call there would sit inside
+            # measured latencies): the bar follows the clock.
+            elapsed = max(0.0, time.time() - start_at / 1e9)
+            report("replay", min(n_ops, int(n_ops * elapsed / span)) if span else n_ops, n_ops)
+
+        replayed = wait_all(runs, labels, "the replay", start_at / 1e9 - time.time() + span + DRAIN_MARGIN_S, why,
+                            tick=clock_progress)
         afters = wait_all([n.finish.remote(parts[i].crosscheck_users, checks_data) for i, n in enumerate(nodes)],
                           labels, "the final flush and cross-check read", 1800, why)
         # Done: close cleanly (each node closes its store) before the actors go.
@@ -259,28 +268,3 @@ def run_store_sharded(wl: WorkloadLike, prepared: PreparedWorkload, store: str, 
                                [(parts[i].crosscheck_users, afters[i]["sample"]) for i in range(k)])
     return row, sample
 
-
-def _wait_replays(runs: list[Any], labels: list[str], why: Any, start_at: int, span_s: float, n_ops: int,
-                  report: Any) -> list[Any]:
-    """Wait for the shards' replays, reporting progress by the clock (the generators report nothing
-    while they dispatch: a Ray call there would sit inside measured latencies)."""
-    ray = import_ray()
-    results: list[Any] = [None] * len(runs)
-    pending = {ref: i for i, ref in enumerate(runs)}
-    deadline = start_at / 1e9 + span_s + DRAIN_MARGIN_S
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        for ref in ready:
-            i = pending.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-            except Exception:
-                # Let wait_all word the error (the shard's own exception, its node's state and log).
-                wait_all([ref], [labels[i]], "the replay", 1, lambda _j, i=i: why(i))
-        elapsed = max(0.0, time.time() - start_at / 1e9)
-        report("replay", min(n_ops, int(n_ops * elapsed / span_s)) if span_s else n_ops, n_ops)
-        if pending and time.time() > deadline:
-            late = ", ".join(labels[i] for i in pending.values())
-            raise ClusterError(f"{late} did not finish the replay within {span_s + DRAIN_MARGIN_S:.0f} s"
-                               + "".join(why(i) for i in pending.values()))
-    return results

@@ -200,21 +200,14 @@ def store_options(store: str, cfg: RunConfig, store_dir: str) -> tuple[dict[str,
 def load_backfill(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]],
                   progress: Callable[[int], None] | None = None) -> int:
     """Bulk-load the backfill chunks into the node and settle it; returns the events loaded."""
-    loaded = 0
-    for uids, cols in backfill:
-        client.call("bulk_load", uids, cols)
-        loaded += len(uids)
-        if progress is not None:
-            progress(loaded)
-    client.call("finish_load")
-    return loaded
+    return load_phase(client, backfill, None, progress)["events"]
 
 
 class LoadMeter:
     """A bulk load, measured: the node's CPU and I/O from construction to :meth:`finish`, the events
     loaded, and the write amplification. Chunks may come one call at a time (a shard's load)."""
 
-    def __init__(self, client: NodeClient, row_bytes: int) -> None:
+    def __init__(self, client: NodeClient, row_bytes: int | None) -> None:
         self.client, self.row_bytes, self.loaded = client, row_bytes, 0
         self._start = ProcessSnapshot.take(client.pids)
 
@@ -227,13 +220,14 @@ class LoadMeter:
         self.client.call("finish_load")
         load = self._start.delta(ProcessSnapshot.take(self.client.pids))
         load["events"] = self.loaded
-        load["write_amplification"] = _ratio(load["io"]["write_bytes"], self.loaded * self.row_bytes)
+        load["write_amplification"] = ratio(load["io"]["write_bytes"], self.loaded * (self.row_bytes or 0))
         return load
 
 
-def load_phase(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], row_bytes: int,
-               progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Bulk-load, measured: the node's CPU and I/O over the load, and its write amplification."""
+def load_phase(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]],
+               row_bytes: int | None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Bulk-load, measured: the node's CPU and I/O over the load, and its write amplification (None
+    without ``row_bytes``)."""
     meter = LoadMeter(client, row_bytes)
     for uids, cols in backfill:
         loaded = meter.chunk(uids, cols)
@@ -242,24 +236,27 @@ def load_phase(client: NodeClient, backfill: Iterable[tuple[np.ndarray, dict[str
     return meter.finish()
 
 
-def finish_phase(client: NodeClient, crosscheck_users: np.ndarray, checks_data: bool) -> dict[str, Any]:
+def finish_phase(client: NodeClient, crosscheck_users: np.ndarray, checks_data: bool, label: str = ""
+                 ) -> dict[str, Any]:
     """After the replay: flush, then the node's disk and stats, the cross-check sample, and a compaction
     (for the compacted disk figure). Raises if the node's background maintenance failed, before or
-    during these calls (a client that sent nothing for a while has its error frame still unread)."""
+    during these calls (a client that sent nothing for a while has its error frame still unread);
+    ``label`` prefixes that error."""
     client.poll(0.0)
-    _raise_background_error(client)
+    raise_background_error(client, label)
     client.call("flush")
     after = {"disk": client.call("disk_bytes"), "stats": client.call("stats")}
-    _raise_background_error(client)
+    raise_background_error(client, label)
     after["sample"] = get_all(client, crosscheck_users) if checks_data else None
     after["compacted"] = client.call("compact")
     after["config"] = client.store_config
     return after
 
 
-def _raise_background_error(client: NodeClient) -> None:
+def raise_background_error(client: NodeClient, label: str = "") -> None:
+    """Raise if the node reported (in a frame this client has read) that its maintenance failed."""
     if client.background_error:
-        raise RuntimeError(f"background maintenance failed:\n{client.background_error}")
+        raise RuntimeError(f"{label}{': ' if label else ''}background maintenance failed:\n{client.background_error}")
 
 
 def check_correctness(wl: WorkloadLike, schedule: Schedule, checked_reads: list[dict[str, Any]],
@@ -296,10 +293,7 @@ def run_store(wl: WorkloadLike, prepared: PreparedWorkload, store: str, store_di
                           backlog_threshold_ms=cfg.backlog_threshold_ms, min_achieved_ratio=cfg.min_achieved_ratio,
                           check_share=cfg.check_share if checks_data else 0.0, check_seed=cfg.seed,
                           disk_dir=store_dir, status=status, progress=lambda done: report("replay", done, n_ops))
-        try:
-            after = finish_phase(client, prepared.crosscheck_users, checks_data)
-        except RuntimeError as e:
-            raise RuntimeError(f"{store}: {e}") from None
+        after = finish_phase(client, prepared.crosscheck_users, checks_data, store)
     correctness = check_correctness(wl, prepared.schedule, replayed["checked_reads"], cfg) if checks_data else None
     # Unpinned, the node may use every CPU this process may (the generator's too): count those.
     node_cores = len(cfg.node_cpus) if cfg.node_cpus else len(os.sched_getaffinity(0)) or 1
@@ -356,7 +350,7 @@ def build_block(store: str, cfg: RunConfig, prepared: PreparedWorkload, row_byte
         "keep_awake": keep_awake,
         "correctness": correctness,
         "disk": {"bytes": disk, "stored_events": prepared.stored_events,
-                 "bytes_per_event": _ratio(disk_steady, prepared.stored_events),
+                 "bytes_per_event": ratio(disk_steady, prepared.stored_events),
                  "series": disk_series, "mean_bytes": disk_steady,
                  "max_bytes": max([r[1] for r in disk_series] or [disk["total"]]),
                  "final_bytes": disk["total"], "compacted_bytes": compacted["total"],
@@ -366,8 +360,8 @@ def build_block(store: str, cfg: RunConfig, prepared: PreparedWorkload, row_byte
             "appended_events": replayed["appended_events"],
             "appended_logical_bytes": logical_appended,
             "returned_bytes": replayed["returned_bytes"],
-            "write_amplification": _ratio(window["io"]["write_bytes"], logical_appended),
-            "read_amplification": _ratio(window["io"]["read_bytes"], replayed["returned_bytes"]),
+            "write_amplification": ratio(window["io"]["write_bytes"], logical_appended),
+            "read_amplification": ratio(window["io"]["read_bytes"], replayed["returned_bytes"]),
         },
         "stats": stats,
         "run_config": asdict(cfg),
@@ -401,5 +395,6 @@ def get_all(client: NodeClient, users: np.ndarray, chunk: int = 256) -> tuple[np
     return np.concatenate(offsets), cols
 
 
-def _ratio(a: float, b: float) -> float | None:
+def ratio(a: float, b: float) -> float | None:
+    """a / b, or None when b is 0 (no such figure, rather than infinity)."""
     return float(a) / float(b) if b else None
