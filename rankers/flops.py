@@ -9,11 +9,21 @@ projections, attention scores, weighted sums, FFNs and layers of each model. Emb
 LayerNorm, activations and softmax are 0 (the counter does not count elementwise ops either), and the
 final scoring MLP (``model.head``) is left out of the measured figure, as the formulas leave it out.
 The measured figure also contains the tiny query projections the paper calls negligible (d*d_q, M*d^2).
+
+Per request (:func:`flops_split`, :func:`request_flops`, :func:`measured_request_flops`): a request scores
+C candidates for one user, and the serving path (``encode_history`` once, ``score`` over all C) does
+the candidate-independent work once. So a request costs ``history + C * per_candidate``: the paper's
+per-pair figure is that at C=1, and it hides how each model grows with C. The split names the
+per-candidate query projections the per-pair formulas drop (d^2 per target attention), since at
+C=500 they are no longer negligible. Models that cache a user representation in storage (VISTA,
+LLaTTE) also have ``refresh``: computing the cached summary, paid by the refresh job once per
+refresh, not by the request.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -129,3 +139,95 @@ def measured_flops(model: RankingModel, seq_len: int | None = None) -> dict[str,
         hook.remove()
     head = _count(model.head, *captured[0]) / 2
     return {"total": total, "head": head, "sequence": total - head}
+
+
+@dataclass
+class FlopSplit:
+    """MACs of one request by where they are paid, each a dict of named terms."""
+
+    history: dict[str, float] = field(default_factory=dict)        # once per request
+    per_candidate: dict[str, float] = field(default_factory=dict)  # once per (request, candidate)
+    refresh: dict[str, float] = field(default_factory=dict)        # once per cache refresh (cached models)
+
+    def totals(self, candidates: int) -> dict[str, float]:
+        history, per_candidate = sum(self.history.values()), sum(self.per_candidate.values())
+        return {"candidates": candidates, "history_macs": float(history),
+                "per_candidate_macs": float(per_candidate),
+                "per_request_macs": float(history + candidates * per_candidate),
+                "refresh_macs": float(sum(self.refresh.values()))}
+
+
+def _target_attention_split(n: int, d: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Eq. 20 split: K, V of the n tokens once per request; query, scores and weighted sum per candidate."""
+    return {"ta_kv_projection": 2.0 * n * d * d}, {"ta_query": float(d * d), "ta_attention": 2.0 * n * d}
+
+
+def flops_split(name: str, config: ModelConfig, seq_len: int | None = None) -> FlopSplit:
+    """The analytic per-request split of model ``name`` at history length ``seq_len`` (default
+    ``config.max_len``): history-side terms, per-candidate terms and, for cached models, refresh terms.
+    At C=1, history + per_candidate is :func:`analytic_flops` plus the per-candidate query projections."""
+    n = config.max_len if seq_len is None else min(seq_len, config.max_len)
+    d = config.d
+    if name == "laser":
+        assert isinstance(config, LaserConfig)
+        terms = laser_flops_terms(config, n)
+        dq = config.heads * config.dq
+        return FlopSplit(history={"sta_projection": terms["sta_projection"]},
+                         per_candidate={"sta_query": float(d * dq), "sta_attention": terms["sta_attention"],
+                                        "sta_ffn": terms["sta_ffn"], "gsta": terms["gsta"],
+                                        "gsta_query": float(config.gsta_layers * d * d)})
+    if name in ("din", "transformer", "hstu", "base"):
+        k = min(n, config.short_len) if isinstance(config, BaseConfig) else n
+        history, per_candidate = _target_attention_split(k, d)
+        if isinstance(config, TransformerConfig):
+            history["encoder"] = float(config.layers * (self_attention_flops(k, d) + 2 * config.ffn_ratio * k * d * d))
+        elif isinstance(config, HstuConfig):
+            history["encoder"] = float(config.layers * (5 * k * d * d + 2 * k * k * d))
+        elif isinstance(config, BaseConfig):
+            history["encoder"] = float(config.self_attention_layers * self_attention_flops(k, d))
+        return FlopSplit(history=history, per_candidate=per_candidate)
+    if name == "twin":
+        assert isinstance(config, TwinConfig)
+        k = min(n, config.top_k)
+        # The top-k set depends on the candidate, so even its K/V projections are per candidate.
+        return FlopSplit(per_candidate={"gsu_retrieval": float(n * d), "esu_query": float(d * d),
+                                        "esu_target_attention": float(target_attention_flops(k, d))})
+    raise ValueError(f"no FLOP formula for model {name!r}")
+
+
+def request_flops(name: str, config: ModelConfig, candidates: int, seq_len: int | None = None) -> dict[str, float]:
+    """Analytic MACs of one request with ``candidates`` candidates: history_macs, per_candidate_macs,
+    per_request_macs (= history + C * per_candidate) and refresh_macs."""
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    return flops_split(name, config, seq_len).totals(candidates)
+
+
+@torch.no_grad()
+def measured_request_flops(model: RankingModel, candidates: int, seq_len: int | None = None) -> dict[str, float]:
+    """Counted MACs of one request (B=1, full history, ``candidates`` candidates) the way serving runs it:
+    the history side once, then ``score`` over all candidates. Returns history_macs, per_candidate_macs
+    (the score's count / C, scoring MLP excluded), head_per_candidate_macs, per_request_macs and
+    refresh_macs (a cached model's ``summarize``; 0 for the others)."""
+    n = model.config.max_len if seq_len is None else seq_len
+    history, cands = probe_batch(model.config, n, candidates=candidates)
+    refresh = 0.0
+    if hasattr(model, "summarize") and hasattr(model, "encode_cached"):
+        cache = model.summarize(history)
+        refresh = _count(model.summarize, history) / 2
+        history_macs = _count(model.encode_cached, cache, history) / 2
+        encoded = model.encode_cached(cache, history)
+    else:
+        history_macs = _count(model.encode_history, history) / 2
+        encoded = model.encode_history(history)
+    captured: list[tuple[Any, ...]] = []
+    hook = model.head.register_forward_hook(lambda _m, args, _out: captured.append(args))
+    try:
+        score = _count(model.score, encoded, cands) / 2
+    finally:
+        hook.remove()
+    head = _count(model.head, *captured[0]) / 2
+    per_candidate = (score - head) / candidates
+    return {"candidates": candidates, "history_macs": history_macs, "per_candidate_macs": per_candidate,
+            "head_per_candidate_macs": head / candidates,
+            "per_request_macs": history_macs + candidates * per_candidate, "refresh_macs": refresh}

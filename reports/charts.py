@@ -144,7 +144,9 @@ def flops_vs_auc(points: list[tuple[str, str, float, float]], div_id: str) -> st
 def flops_by_length(rows: list[dict[str, Any]], div_id: str) -> str | None:
     fig = go.Figure()
     for model in dict.fromkeys(str(r.get("model")) for r in rows):
-        mrows = sorted((r for r in rows if str(r.get("model")) == model), key=lambda r: number(r.get("seq_len")) or 0)
+        # One point per L: rows at several candidate counts share the per-pair figures.
+        by_len = {number(r.get("seq_len")): r for r in reversed(rows) if str(r.get("model")) == model}
+        mrows = [by_len[k] for k in sorted(by_len, key=lambda k: k or 0)]
         for key, dash in (("analytic", "solid"), ("measured", "dot")):
             pts = [(number(r.get("seq_len")), number(r.get(key))) for r in mrows]
             pts = [(x, y) for x, y in pts if x and y and y > 0 and not math.isnan(y)]
@@ -156,6 +158,25 @@ def flops_by_length(rows: list[dict[str, Any]], div_id: str) -> str | None:
     fig.update_xaxes(type="log", title="sequence length L")
     fig.update_yaxes(type="log", title="FLOPs per sample")
     fig.update_layout(title="FLOPs by sequence length (analytic solid, measured dotted)")
+    return to_div(fig, div_id, legend_below=True)
+
+
+def flops_per_request(rows: list[dict[str, Any]], div_id: str) -> str | None:
+    """Per-request MACs against candidates C (history side once + C x per candidate), one line per
+    (model, L); the rows of ``storagebench flops --candidates``."""
+    fig = go.Figure()
+    keyed = [r for r in rows if number(r.get("candidates")) and number(r.get("per_request_macs"))]
+    for model, seq_len in dict.fromkeys((str(r.get("model")), number(r.get("seq_len"))) for r in keyed):
+        pts = sorted((number(r["candidates"]), number(r["per_request_macs"])) for r in keyed
+                     if str(r.get("model")) == model and number(r.get("seq_len")) == seq_len)
+        if len(pts) > 1:
+            fig.add_trace(go.Scatter(x=[x for x, _ in pts], y=[y for _, y in pts], mode="lines+markers",
+                                     name=f"{model} L={seq_len:g}"))
+    if not fig.data:
+        return None
+    fig.update_xaxes(type="log", title="candidates per request C")
+    fig.update_yaxes(type="log", title="MACs per request")
+    fig.update_layout(title="Per-request cost against C (history side once, per-candidate part C times)")
     return to_div(fig, div_id, legend_below=True)
 
 

@@ -343,7 +343,8 @@ def _models_section(results: ResultSet) -> dict[str, Any]:
         missing.append(_missing("serve_bench", "serving benchmark (serve_bench.json)"))
     return {"auc_chart": charts.flops_vs_auc(points, "chart-auc"), "tables": tables,
             "flops_chart": charts.flops_by_length(flops_rows, "chart-flops"),
-            "flops_table": _scalar_table("FLOPs per (user, candidate)", flops_rows),
+            "flops_request_chart": charts.flops_per_request(flops_rows, "chart-flops-request"),
+            "flops_table": _scalar_table("FLOPs per (user, candidate) and per request at C candidates", flops_rows),
             "serve_table": _scalar_table("Serving throughput (serve-bench)", serve_rows),
             "missing": missing}
 

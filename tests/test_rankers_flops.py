@@ -12,6 +12,8 @@ from rankers.flops import (
     analytic_flops,
     laser_flops_closed_form,
     measured_flops,
+    measured_request_flops,
+    request_flops,
     self_attention_flops,
     target_attention_flops,
 )
@@ -89,3 +91,69 @@ def test_flops_cli_table_defaults_to_paper_setting() -> None:
 def test_flops_cli_rejects_unknown_field() -> None:
     result = CliRunner().invoke(main, ["flops", "--model", "din", "--set", "window=5"])
     assert result.exit_code != 0 and "window" in result.output
+
+
+# -- per request: history side once, C x per candidate ------------------------------------------------
+
+ORIGINAL_MODELS = ("base", "din", "twin", "hstu", "transformer", "laser")
+
+
+@pytest.mark.parametrize("name", ORIGINAL_MODELS)
+@pytest.mark.parametrize("candidates", [1, 7])
+def test_request_split_matches_counted_serving_path(name: str, candidates: int) -> None:
+    """The analytic history/per-candidate split equals FlopCounterMode's count of encode_history once
+    plus score over C candidates (d=64, L=300 to stay fast)."""
+    config = paper(name, d=64, max_len=300)
+    analytic = request_flops(name, config, candidates)
+    counted = measured_request_flops(build_model(name, config).eval(), candidates)
+    for key in ("history_macs", "per_candidate_macs", "per_request_macs"):
+        assert counted[key] == pytest.approx(analytic[key], rel=0.02), key
+    assert analytic["per_request_macs"] == analytic["history_macs"] + candidates * analytic["per_candidate_macs"]
+    assert analytic["refresh_macs"] == 0
+
+
+@pytest.mark.parametrize("name", ORIGINAL_MODELS)
+def test_split_at_one_candidate_is_the_per_pair_formula_plus_query_projections(name: str) -> None:
+    config = paper(name)
+    one = request_flops(name, config, 1)["per_request_macs"]
+    assert one == pytest.approx(analytic_flops(name, config), rel=0.01)
+    assert one >= analytic_flops(name, config)   # the split adds the queries the per-pair formulas drop
+
+
+def test_laser_per_candidate_cost_dominates_at_paper_setting() -> None:
+    """The issue's figures: an extra candidate costs LASER ~2.0e7 MACs (segment FFN + GSTA on
+    candidate-dependent segments) against ~3e5 for the Transformer, so at C=100 LASER costs ~5x."""
+    laser, transformer = request_flops("laser", paper("laser"), 100), request_flops("transformer", paper("transformer"), 100)
+    assert laser["per_candidate_macs"] == pytest.approx(2.0e7, rel=0.03)
+    assert transformer["per_candidate_macs"] == pytest.approx(2.7e5, rel=0.03)
+    assert laser["per_request_macs"] / transformer["per_request_macs"] == pytest.approx(5.3, rel=0.05)
+    absorbed = request_flops("laser", paper("laser", gsta_absorbed=True), 100)
+    assert absorbed["history_macs"] == laser["history_macs"]
+    assert absorbed["per_candidate_macs"] < 0.7 * laser["per_candidate_macs"]
+
+
+def test_request_flops_rejects_zero_candidates() -> None:
+    with pytest.raises(ValueError, match="candidates"):
+        request_flops("din", paper("din"), 0)
+
+
+def test_flops_cli_candidates(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["flops", "--model", "laser", "--model", "transformer", "--seq-len", "200",
+                                       "--candidates", "1,100", "--candidates", "500", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["candidates"] == [1, 100, 500]
+    rows = {(r["model"], r["candidates"]): r for r in doc["rows"]}
+    assert set(rows) == {(m, c) for m in ("laser", "transformer") for c in (1, 100, 500)}
+    for r in doc["rows"]:
+        assert r["per_request_macs"] == pytest.approx(r["history_macs"] + r["candidates"] * r["per_candidate_macs"])
+        assert r["measured_per_request_macs"] == pytest.approx(r["per_request_macs"], rel=0.02)
+        assert r["analytic"] == rows[(r["model"], 1)]["analytic"]   # the per-pair figure does not change with C
+    assert rows[("transformer", 100)]["per_request_vs_transformer"] == 1.0
+    assert rows[("laser", 500)]["per_request_vs_transformer"] > rows[("laser", 1)]["per_request_vs_transformer"]
+
+
+def test_flops_cli_rejects_bad_candidates() -> None:
+    for bad in ("0", "ten", "1,,2"):
+        result = CliRunner().invoke(main, ["flops", "--model", "din", "--no-measure", "--candidates", bad])
+        assert result.exit_code == 2 and "--candidates" in result.output, bad
