@@ -1,4 +1,5 @@
-"""PyTorch ranking models (LASER and its baselines) that take plain arrays.
+"""PyTorch ranking models (LASER, its baselines, and the cached-summary VISTA and LLaTTE) that take plain
+arrays.
 
 Public API: the input contract (:class:`HistoryBatch`, :class:`Candidates`, :func:`history_from_csr`,
 :func:`candidates_from_numpy`), models by name (:data:`MODEL_NAMES`, :func:`build_model`,
@@ -16,8 +17,10 @@ from rankers.models import (
     DinConfig,
     HstuConfig,
     LaserConfig,
+    LlatteConfig,
     TransformerConfig,
     TwinConfig,
+    VistaConfig,
 )
 from rankers.registry import MODEL_NAMES, build_model, config_class, make_config
 
@@ -26,7 +29,7 @@ from rankers.training import CTRArrays, TrainResult, evaluate, fit
 
 __all__ = [
     "FLOP_CONVENTION", "MODEL_NAMES", "BaseConfig", "CTRArrays", "Candidates", "DinConfig", "HistoryBatch",
-    "HstuConfig", "LaserConfig", "ModelConfig", "RankingModel", "TrainResult", "TransformerConfig",
-    "TwinConfig", "analytic_flops", "build_model", "candidates_from_numpy", "config_class", "evaluate", "fit",
-    "history_from_csr", "make_config", "measured_flops",
+    "HstuConfig", "LaserConfig", "LlatteConfig", "ModelConfig", "RankingModel", "TrainResult",
+    "TransformerConfig", "TwinConfig", "VistaConfig", "analytic_flops", "build_model", "candidates_from_numpy",
+    "config_class", "evaluate", "fit", "history_from_csr", "make_config", "measured_flops",
 ]

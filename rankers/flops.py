@@ -32,7 +32,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from rankers.config import ModelConfig
 from rankers.inputs import Candidates, HistoryBatch
 from rankers.layers import RankingModel
-from rankers.models import BaseConfig, HstuConfig, LaserConfig, TransformerConfig, TwinConfig
+from rankers.models import (
+    BaseConfig,
+    HstuConfig,
+    LaserConfig,
+    LlatteConfig,
+    TransformerConfig,
+    TwinConfig,
+    VistaConfig,
+)
+from rankers.models.llatte import trimmed_lengths
 
 FLOP_CONVENTION = "multiply-accumulates (paper's convention: an L x d by d x d matmul = L*d^2)"
 
@@ -93,6 +102,11 @@ def analytic_flops(name: str, config: ModelConfig, seq_len: int | None = None) -
         assert isinstance(config, HstuConfig)
         # f1 (U, V, Q, K: 4 n d^2) + attention (2 n^2 d) + f2 (n d^2), then target attention.
         return float(config.layers * (5 * n * d * d + 2 * n * n * d) + target_attention_flops(n, d))
+    if name in ("vista", "llatte"):
+        # Cached models: one pair computed from the raw history, as ``forward`` does it = refresh (the
+        # summary) + history side + one candidate. A request that reads the cache pays only the last two.
+        split = flops_split(name, config, n)
+        return float(sum(sum(part.values()) for part in (split.refresh, split.history, split.per_candidate)))
     raise ValueError(f"no FLOP formula for model {name!r}")
 
 
@@ -162,6 +176,42 @@ def _target_attention_split(n: int, d: int) -> tuple[dict[str, float], dict[str,
     return {"ta_kv_projection": 2.0 * n * d * d}, {"ta_query": float(d * d), "ta_attention": 2.0 * n * d}
 
 
+def vista_flops_split(config: VistaConfig, n: int) -> FlopSplit:
+    """VISTA at history length n: the refresh job summarises n events into S tokens (per round: query
+    projection S d^2, K/V 2 n d^2, scores + weighted sum 2 S n d, FFN 2 r S d^2); a request projects the
+    S cached tokens and R = min(recent_len, n) newest events to K/V once; each candidate runs one target
+    attention over the S + R tokens."""
+    d, s, rounds = config.d, config.summary_tokens, config.summary_layers
+    m = s + min(config.recent_len, n)
+    return FlopSplit(
+        history={"ta_kv_projection": 2.0 * m * d * d},
+        per_candidate={"ta_query": float(d * d), "ta_attention": 2.0 * m * d},
+        refresh={"summary_query": float(rounds * s * d * d), "summary_kv_projection": 2.0 * rounds * n * d * d,
+                 "summary_attention": 2.0 * rounds * s * n * d,
+                 "summary_ffn": 2.0 * rounds * config.summary_ffn_ratio * s * d * d})
+
+
+def llatte_flops_split(config: LlatteConfig, n: int) -> FlopSplit:
+    """LLaTTE at history length n. Refresh: the user encoder's self-attention layers over n events, then
+    pooling with P queries. Online layer l reads k_l = min(ceil(online_len trim^l), n) tokens: K/V of
+    them and of the P user tokens once per request, plus queries, attention, W_o and FFN for only the
+    q_l = k_{l+1} tokens the next layer keeps (0 after the last layer); per candidate and layer: query,
+    W_o and FFN (2 + 2r) d^2 and attention over k_l + P keys 2 (k_l + P) d."""
+    d, p, r = config.d, config.user_tokens, config.ffn_ratio
+    kept = [min(k, n) for k in trimmed_lengths(config)]
+    queries = [*kept[1:], 0]
+    return FlopSplit(
+        history={"online_kv_projection": 2.0 * sum(kept) * d * d,
+                 "online_user_kv_projection": 2.0 * len(kept) * p * d * d,
+                 "online_self_attention": float(sum((2 + 2 * r) * q * d * d + 2 * q * k * d
+                                                    for q, k in zip(queries, kept, strict=True)))},
+        per_candidate={"online_query_out_ffn": float(len(kept) * (2 + 2 * r) * d * d),
+                       "online_target_attention": float(sum(2 * (k + p) * d for k in kept))},
+        refresh={"encoder": float(config.encoder_layers * (self_attention_flops(n, d) + 2 * r * n * d * d)),
+                 "pool_query": float(p * d * d), "pool_kv_projection": 2.0 * n * d * d,
+                 "pool_attention": 2.0 * p * n * d})
+
+
 def flops_split(name: str, config: ModelConfig, seq_len: int | None = None) -> FlopSplit:
     """The analytic per-request split of model ``name`` at history length ``seq_len`` (default
     ``config.max_len``): history-side terms, per-candidate terms and, for cached models, refresh terms.
@@ -192,6 +242,12 @@ def flops_split(name: str, config: ModelConfig, seq_len: int | None = None) -> F
         # The top-k set depends on the candidate, so even its K/V projections are per candidate.
         return FlopSplit(per_candidate={"gsu_retrieval": float(n * d), "esu_query": float(d * d),
                                         "esu_target_attention": float(target_attention_flops(k, d))})
+    if name == "vista":
+        assert isinstance(config, VistaConfig)
+        return vista_flops_split(config, n)
+    if name == "llatte":
+        assert isinstance(config, LlatteConfig)
+        return llatte_flops_split(config, n)
     raise ValueError(f"no FLOP formula for model {name!r}")
 
 

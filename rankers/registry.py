@@ -15,13 +15,17 @@ from rankers.models import (
     HstuConfig,
     Laser,
     LaserConfig,
+    Llatte,
+    LlatteConfig,
     Transformer,
     TransformerConfig,
     Twin,
     TwinConfig,
+    Vista,
+    VistaConfig,
 )
 
-MODEL_NAMES: tuple[str, ...] = ("base", "din", "twin", "hstu", "transformer", "laser")
+MODEL_NAMES: tuple[str, ...] = ("base", "din", "twin", "hstu", "transformer", "laser", "vista", "llatte")
 
 _MODELS: dict[str, tuple[type[RankingModel], type[ModelConfig]]] = {
     "base": (Base, BaseConfig),
@@ -30,6 +34,8 @@ _MODELS: dict[str, tuple[type[RankingModel], type[ModelConfig]]] = {
     "hstu": (Hstu, HstuConfig),
     "transformer": (Transformer, TransformerConfig),
     "laser": (Laser, LaserConfig),
+    "vista": (Vista, VistaConfig),
+    "llatte": (Llatte, LlatteConfig),
 }
 
 __all__ = ["MODEL_NAMES", "ModelConfig", "RankingModel", "build_model", "config_class", "make_config"]

@@ -4,10 +4,12 @@ from rankers.models.base import Base, BaseConfig
 from rankers.models.din import Din, DinConfig
 from rankers.models.hstu import Hstu, HstuConfig
 from rankers.models.laser import Laser, LaserConfig
+from rankers.models.llatte import Llatte, LlatteConfig
 from rankers.models.transformer import Transformer, TransformerConfig
 from rankers.models.twin import Twin, TwinConfig
+from rankers.models.vista import Vista, VistaConfig
 
 __all__ = [
     "Base", "BaseConfig", "Din", "DinConfig", "Hstu", "HstuConfig", "Laser", "LaserConfig",
-    "Transformer", "TransformerConfig", "Twin", "TwinConfig",
+    "Llatte", "LlatteConfig", "Transformer", "TransformerConfig", "Twin", "TwinConfig", "Vista", "VistaConfig",
 ]
