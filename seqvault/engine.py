@@ -34,6 +34,7 @@ from seqvault.policy import MergePolicy
 from seqvault.schema import USER_ID_DTYPE, Schema, SchemaError, _cast_integer
 from seqvault.seqmerge import csr_concat_groups, csr_take, newest_per_group, overlay_buffered
 from seqvault.state import BackpressureError, StoreState
+from seqvault.vectors import VectorTable
 from seqvault.wal import (
     KIND_APPEND,
     KIND_DELETE,
@@ -84,6 +85,7 @@ class SeqVault:
         self._io = IoGuard(fs, directory)
         self._lock_fd = lock_fd
         self._closed = False
+        self._vectors: VectorTable | None = None  # opened on demand by open_vectors, closed with the store
         self._gate = threading.Condition()  # counts reads in flight, so close() can wait for them
         self._readers = 0
         self.background_error: BaseException | None = None
@@ -169,14 +171,20 @@ class SeqVault:
             return
         with self._state.job_lock:
             try:
-                self._state.wal.close(sync=True)
+                if self._vectors is not None:
+                    self._vectors.close()
             finally:
-                self._release()
+                try:
+                    self._state.wal.close(sync=True)
+                finally:
+                    self._release()
 
     def _abandon(self) -> None:
         """Drop the instance as a crash would (no fsync, no merge); for tests of recovery."""
         if not self._begin_close():
             return
+        if self._vectors is not None:
+            self._vectors._abandon()
         self._state.wal.close(sync=False)
         self._release()
 
@@ -217,6 +225,24 @@ class SeqVault:
                 self._readers -= 1
                 if self._readers == 0:
                     self._gate.notify_all()
+
+    def open_vectors(self, dim: int, dtype: str = "fp16") -> VectorTable:
+        """The store's table of per-user vectors (cached user representations) under ``vectors/``.
+
+        Opened (created the first time) on the first call and owned by the store, which closes it;
+        later calls return the same table (asking for another dim or dtype is refused). After the
+        table fail-stopped, close it and call this again to reopen it from what is on disk.
+        """
+        with self._gate:
+            self._check_open()
+            table = self._vectors
+            if table is not None and not table.closed:
+                if (table.dim, table.dtype) != (dim, dtype):
+                    raise SeqVaultError(f"the store's vector table is open with dim={table.dim} {table.dtype}, "
+                                        f"not dim={dim} {dtype}")
+                return table
+            self._vectors = VectorTable.open(self.directory / "vectors", dim, dtype, fs=self._fs)
+            return self._vectors
 
     # -- writing ------------------------------------------------------------------------------
     def append(self, user_ids: np.ndarray | Sequence[int], columns: Mapping[str, np.ndarray | Sequence[int]],
@@ -481,7 +507,7 @@ class SeqVault:
             else np.asarray(entries.user_id)
         buffered = sum(v.events for v in views)
         parts = st.disk_parts()
-        return {
+        out = {
             "users": len(users),
             "events": int(np.asarray(entries.count).sum()) + buffered,  # buffered: before truncation
             "stored_events": int(np.asarray(entries.count).sum()),
@@ -502,6 +528,10 @@ class SeqVault:
             "background_error": repr(self.background_error) if self.background_error else None,
             "failure": self._io.failure,
         }
+        vectors = self._vectors
+        if vectors is not None and not vectors.closed:
+            out["vectors"] = vectors.stats()
+        return out
 
     def __repr__(self) -> str:
         return f"SeqVault({str(self.directory)!r}, {self.schema!r}, max_len={self.max_len})"

@@ -29,6 +29,8 @@ log = logging.getLogger("seqvault")
 WAL_MAGIC = 0x4C415753  # "SWAL" little-endian
 KIND_APPEND = 1
 KIND_DELETE = 2
+KIND_VECTORS = 3  # a batch of vector-table entries (seqvault.vectors; its own log, never the engine's)
+RECORD_KINDS = (KIND_APPEND, KIND_DELETE, KIND_VECTORS)
 _HEADER = struct.Struct("<IBxxxQ")  # magic, kind, payload length
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEADER.size
@@ -111,7 +113,7 @@ def _record_at(data: memoryview, pos: int) -> tuple[int, int, str | None]:
     if size - pos < RECORD_OVERHEAD:
         return 0, size, f"incomplete record header at byte {pos}"
     magic, kind, length = _HEADER.unpack_from(data, pos)
-    if magic != WAL_MAGIC or kind not in (KIND_APPEND, KIND_DELETE):
+    if magic != WAL_MAGIC or kind not in RECORD_KINDS:
         return 0, size, f"bad record magic or kind at byte {pos}"
     end = pos + HEADER_SIZE + length + _CRC.size
     if end > size:
