@@ -15,7 +15,16 @@ as written by ``storagebench/experiments/sweep.py`` (``steps``, ``sustainable_op
         stages {queue|fetch|decode|h2d|forward|total: {p50_ms, p99_ms, p999_ms}},  from the intended start
         max_rate_within_budget_per_s,    the highest rate whose total p99 stays inside budget_ms
         wire_bytes {raw, zstd, zstd_dict},  bytes per request from storage node to ranker
+        arm, events_per_request (N), cached (the model reads a cached user summary),
+        flops {candidates, history_macs, per_candidate_macs, per_request_macs, refresh_macs},
+        stored {users, disk_bytes, disk_bytes_per_user, vectors},  what the store holds per user
+        wire.vector_bytes_per_request,   the cached vector's entry bytes on the wire
+        refresh {initial, live {cpu_us_per_event, refreshes_per_1k_events,   cached arms only
+                 staleness_events {mean, p50, p90, p99, max}, policy}, layout},
         budget_ms (optional, overrides the file's) } ]
+
+``flops`` rows: model, seq_len, d, analytic, measured (per pair at C=1) and, per ``candidates``,
+history_macs, per_candidate_macs, per_request_macs, refresh_macs (and ``measured_`` of each).
 
 Every key is optional to the report: what is absent is shown as missing, never guessed.
 """

@@ -268,7 +268,8 @@ def _e2e_section(results: ResultSet) -> dict[str, Any]:
         stages = run.get("stages") if isinstance(run.get("stages"), dict) else {}
         wire = run.get("wire_bytes") if isinstance(run.get("wire_bytes"), dict) else {}
         raw = number(wire.get("raw"))
-        label = f"{run.get('store', '?')} + {run.get('model', '?')} on {run.get('device', '?')}"
+        events = run.get("events_per_request", run.get("seq_len"))
+        label = f"{run.get('store', '?')} + {run.get('model', '?')} (N={events}) on {run.get('device', '?')}"
         stage_rows = []
         for st in STAGES:
             s = stages.get(st) if isinstance(stages.get(st), dict) else {}
@@ -295,6 +296,22 @@ def _e2e_facts(run: dict[str, Any], budget_ms: float | None) -> dict[str, Any]:
     if isinstance(batching, dict):
         facts["batching"] = (f"up to {batching.get('max_batch')} requests, waiting at most "
                              f"{fmt_num(batching.get('max_wait_ms'))} ms")
+    flops = run.get("flops") if isinstance(run.get("flops"), dict) else {}
+    if number(flops.get("per_request_macs")) is not None:
+        facts["MACs per request"] = (f"{fmt_num(flops.get('per_request_macs'))} (history side "
+                                     f"{fmt_num(flops.get('history_macs'))} + C x {fmt_num(flops.get('per_candidate_macs'))})")
+    stored = run.get("stored") if isinstance(run.get("stored"), dict) else {}
+    if number(stored.get("disk_bytes_per_user")) is not None:
+        facts["bytes stored per user"] = fmt_num(stored.get("disk_bytes_per_user"))
+    vector = number((run.get("wire") or {}).get("vector_bytes_per_request")) if isinstance(run.get("wire"), dict) else None
+    if vector:
+        facts["cached vector bytes per request"] = fmt_num(vector)
+    live = pick(run, "refresh.live", default=None)
+    if isinstance(live, dict):
+        stale = live.get("staleness_events") if isinstance(live.get("staleness_events"), dict) else {}
+        facts["refresh"] = (f"{fmt_num(live.get('cpu_us_per_event'))} µs CPU per live event, "
+                            f"{fmt_num(live.get('refreshes_per_1k_events'))} refreshes per 1k events; staleness "
+                            f"at read p50 {fmt_num(stale.get('p50'))} / p99 {fmt_num(stale.get('p99'))} events")
     return facts
 
 

@@ -19,13 +19,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from storagebench.measure import histogram_of, latency_summary
-from storagebench.node import FETCH, NodeClient
+from storagebench.node import FETCH, FETCH_CACHED, NodeClient
 from storagebench.ranker_stage import RankerStage
 
 STAGES = ("queue", "fetch", "decode", "h2d", "forward", "total")
@@ -52,12 +52,13 @@ class DriveResult:
     done_ns: np.ndarray               # completion time of each measured request
     start_ns: int                     # intended start of the first measured request
     topk: np.ndarray                  # [n, k] candidate indices (into the request's set), -1 if not ranked
-    wire_bytes: np.ndarray            # payload bytes received per measured request
+    wire_bytes: np.ndarray            # payload bytes received per measured request (events)
     wire_encode_ns: np.ndarray        # node time spent encoding + compressing per measured request
     events: np.ndarray                # events fetched per measured request
     dispatch_lag_ns: np.ndarray       # sent - intended: the part of ``queue`` spent before the fetch was sent
     completed: bool                   # every request answered (not aborted, none lost)
     grew: bool                        # latency grew over the run: offered rate above capacity
+    vector_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cached-vector entry bytes
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{stage: {p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms, count}} from HdrHistograms."""
@@ -115,7 +116,8 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
         rows = np.asarray(batch)
         ts["started"][rows] = time.monotonic_ns()
         feats = ranker.decode([payloads[j][0] for j in batch], reqs.request_time_ms[rows],
-                              reqs.cand_items[rows % sets], {k: v[rows % sets] for k, v in reqs.cand_side.items()})
+                              reqs.cand_items[rows % sets], {k: v[rows % sets] for k, v in reqs.cand_side.items()},
+                              [payloads[j][3] for j in batch] if ranker.cached else None)
         ts["decoded"][rows] = time.monotonic_ns()
         feats = ranker.to_device(feats)
         ts["copied"][rows] = time.monotonic_ns()
@@ -128,7 +130,8 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
     worker.start()
     with client.background_receiver():  # the ranker thread needs the GIL: no busy-polling here
         dispatched, aborted, intended, start_ns = _dispatch(client, reqs, finished, ts, on_reply, last_n, fmt,
-                                                            codec, abort_after_s, progress, lead_ms)
+                                                            codec, abort_after_s, progress, lead_ms,
+                                                            FETCH_CACHED if ranker.cached else FETCH)
         deadline = time.monotonic() + drain_timeout_s
         while not finished[:dispatched].all() and time.monotonic() < deadline and not failures:
             time.sleep(0.002)
@@ -141,7 +144,8 @@ def drive(client: NodeClient, ranker: RankerStage, reqs: Requests, *, top_k: int
 
 def _dispatch(client: NodeClient, reqs: Requests, finished: np.ndarray, ts: dict[str, np.ndarray],
               on_reply: Callable, last_n: int, fmt: str, codec: str, abort_after_s: float | None,
-              progress: Callable[[int], None] | None, lead_ms: float) -> tuple[int, bool, np.ndarray, int]:
+              progress: Callable[[int], None] | None, lead_ms: float, op: str = FETCH
+              ) -> tuple[int, bool, np.ndarray, int]:
     """Send each request at its intended time; returns (dispatched, aborted, intended, start_ns)."""
     n = len(reqs)
     start_ns = time.monotonic_ns() + int(lead_ms * 1e6)
@@ -157,7 +161,7 @@ def _dispatch(client: NodeClient, reqs: Requests, finished: np.ndarray, ts: dict
             aborted = True
             break
         ts["sent"][i] = time.monotonic_ns()
-        client.submit(FETCH, (reqs.users[i : i + 1], last_n, fmt, codec), functools.partial(on_reply, i))
+        client.submit(op, (reqs.users[i : i + 1], last_n, fmt, codec), functools.partial(on_reply, i))
         dispatched = i + 1
         if progress is not None:
             progress(i + 1)
@@ -183,6 +187,7 @@ def _result(reqs: Requests, ts: dict[str, np.ndarray], intended: np.ndarray, sta
     return DriveResult(
         stages_ns=stages, done_ns=ts["done"][ok], start_ns=int(intended[m0]) if m0 < n else start_ns,
         topk=topk[ok], wire_bytes=np.array([len(payloads[j][0]) for j in ok], dtype=np.int64),
+        vector_bytes=np.array([len(payloads[j][3] or b"") if len(payloads[j]) > 3 else 0 for j in ok], dtype=np.int64),
         wire_encode_ns=np.array([payloads[j][2] for j in ok], dtype=np.int64),
         events=np.array([payloads[j][1] for j in ok], dtype=np.int64),
         dispatch_lag_ns=ts["sent"][ok] - intended[ok], completed=not aborted and len(ok) == n - m0, grew=grew)

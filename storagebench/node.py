@@ -46,6 +46,7 @@ from storagebench import protocol as p
 
 # op names of NodeClient.submit / call
 APPEND, READ, GET, FETCH = "append", "read", "get", "fetch"
+FETCH_CACHED, VECTOR_PUT = "fetch_cached", "vector_put"
 GIL_SWITCH_INTERVAL_S = 0.0005
 BACKGROUND_REQ_ID = (1 << 64) - 1   # unsolicited error frame: background maintenance failed
 SOCKET_BUFFER_BYTES = 4 << 20
@@ -137,16 +138,26 @@ class _Node:
                 return p.encode_csr(self.schema, offsets, cols)
             events = int(offsets[-1])
             return [p.encode_counts(events, events * self.schema.row_bytes), *p.encode_csr(self.schema, offsets, cols)]
-        if op == p.FETCH:
+        if op in (p.FETCH, p.FETCH_CACHED):
             from storagebench import wire  # only the e2e ranker uses it
 
-            uid, last_n, fmt, codec = p.decode_fetch(payload)
+            uid, last_n, fmt, codec = p.decode_fetch(payload, cached=op == p.FETCH_CACHED)
             if fmt >= len(wire.FORMATS) or codec >= len(wire.CODECS):
                 raise p.ProtocolError(f"fetch format {fmt} / codec {codec} out of range")
+            user = np.array([uid], dtype=np.uint64)
             with self.lock:
-                data, events, enc_ns = wire.node_fetch(store, np.array([uid], dtype=np.uint64), last_n,
-                                                       wire.FORMATS[fmt], wire.CODECS[codec])
-            return [p.encode_counts(events, enc_ns), data]
+                if op == p.FETCH_CACHED:
+                    found, entries = store.get_vector_entries(user)
+                data, events, enc_ns = wire.node_fetch(store, user, last_n, wire.FORMATS[fmt], wire.CODECS[codec])
+            if op == p.FETCH:
+                return [p.encode_counts(events, enc_ns), data]
+            entry = entries[0].tobytes() if found[0] else b""
+            return [p.encode_counts(events, enc_ns), p.encode_u32(len(entry)), entry, data]
+        if op == p.VECTOR_PUT:
+            uids, versions, vectors = p.decode_vector_put(payload)
+            with self.lock:
+                applied = store.put_vectors(uids, versions, vectors)
+            return p.encode_counts(int(applied), 0)
         if op == p.BULK_LOAD:
             uids, cols = p.decode_batch(self.schema, payload)
             with self.lock:
@@ -163,7 +174,10 @@ class _Node:
             if name not in p.CONTROL_OPS:
                 raise p.ProtocolError(f"unknown control op {name!r}; one of {', '.join(p.CONTROL_OPS)}")
             with self.lock:
-                result = store.compact() if name == "compact" else getattr(store, name)()
+                if name == "open_vectors":
+                    result = store.open_vectors(int(request.get("dim", 0)), str(request.get("dtype", "")))
+                else:
+                    result = store.compact() if name == "compact" else getattr(store, name)()
             if name == "finish_load":
                 # Loaded and about to take traffic: what exists now lives on, so keep it out of the
                 # cyclic collector's full passes (a stall of milliseconds on a read otherwise).
@@ -461,8 +475,11 @@ class NodeClient:
         Ops and their arguments: ``append (user_ids, columns)``, ``read (user_ids, last_n)`` (reply
         ``(events, bytes)``, plus ``(offsets, columns)`` if ``full``), ``get (user_ids, last_n)``
         (reply ``(offsets, columns)``), ``fetch (user_ids, last_n, format, codec)`` (reply
-        ``(payload, events, encode_ns)``), ``bulk_load (user_ids, columns)``, ``wire_dict (bytes,
-        level)`` and the control ops of :data:`storagebench.protocol.CONTROL_OPS` (no arguments).
+        ``(payload, events, encode_ns)``), ``fetch_cached`` (the same arguments, last_n may be 0;
+        reply ``(payload, events, encode_ns, vector entry bytes or None)``), ``vector_put (user_ids,
+        versions, vectors)`` (reply: entries applied), ``bulk_load (user_ids, columns)``, ``wire_dict
+        (bytes, level)``, ``open_vectors (dim, dtype)`` and the other control ops of
+        :data:`storagebench.protocol.CONTROL_OPS` (no arguments).
         """
         req_id = self.reserve_ids(1)
         code, data = self.encode(op, args, req_id, full=full)
@@ -494,12 +511,17 @@ class NodeClient:
         if op in (READ, GET):
             uids, last_n = args
             return (p.READ if op == READ else p.GET), p.encode_read(uids, last_n)
-        if op == FETCH:
+        if op in (FETCH, FETCH_CACHED):
             from storagebench import wire
 
             uids, last_n, fmt, codec = args
-            return p.FETCH, p.encode_fetch(int(np.asarray(uids).reshape(-1)[0]), last_n,
-                                           wire.FORMATS.index(fmt), wire.CODECS.index(codec))
+            return (p.FETCH if op == FETCH else p.FETCH_CACHED), p.encode_fetch(
+                int(np.asarray(uids).reshape(-1)[0]), last_n, wire.FORMATS.index(fmt), wire.CODECS.index(codec))
+        if op == VECTOR_PUT:
+            return p.VECTOR_PUT, p.encode_vector_put(*args)
+        if op == "open_vectors":
+            dim, dtype = args
+            return p.CONTROL, p.encode_json({"op": op, "dim": int(dim), "dtype": str(dtype)})
         if op == "wire_dict":
             data, level = args
             return p.WIRE_DICT, p.encode_wire_dict(data, level)
@@ -597,6 +619,13 @@ class NodeClient:
         if code == p.FETCH:
             events, enc_ns = p.decode_counts(body)
             return bytes(body[16:]), events, enc_ns
+        if code == p.FETCH_CACHED:
+            events, enc_ns = p.decode_counts(body)
+            k = p.decode_u32(body, 16)
+            entry = bytes(body[20 : 20 + k]) if k else None
+            return bytes(body[20 + k :]), events, enc_ns, entry
+        if code == p.VECTOR_PUT:
+            return p.decode_counts(body)[0]
         if code in (p.CONTROL, p.HELLO):
             return p.decode_json(body)
         return None

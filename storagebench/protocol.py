@@ -17,9 +17,12 @@ Request payloads (``n`` users, schema fields in schema order, each at its declar
     APPEND, BULK_LOAD   u32 n, u64[n] user ids, then per field dtype[n]      (a batch of events)
     READ, GET           i32 last_n (-1: the store's N), u32 n, u64[n] user ids
     FETCH               i32 last_n, u8 format, u8 codec, u64 user id          (storagebench.wire)
+    FETCH_CACHED        as FETCH (last_n may be 0: the cached vector alone)
+    VECTOR_PUT          u32 n, u32 dim, u64[n] user ids, u64[n] versions, f32[n*dim] vectors
     WIRE_DICT           u32 zstd level, then the dictionary bytes (may be empty)
     CONTROL             UTF-8 JSON {"op": name}: finish_load, flush, maintain, compact, disk_bytes,
-                        stats, config (JSON replies only; no arrays travel this way)
+                        stats, config, vector_stats; {"op": "open_vectors", "dim": D, "dtype": T}
+                        (JSON replies only; no arrays travel this way)
 
 Reply payloads: every reply starts with ``u64 t_start_ns, u64 t_end_ns``, the node's
 ``time.monotonic_ns()`` around the store call (a clock all processes of one Linux host share).
@@ -28,6 +31,9 @@ An error reply follows them with a UTF-8 message. Ok replies follow them with::
     READ                u64 events, u64 bytes; with FLAG_FULL then a CSR block
     GET                 a CSR block: u32 n, i64[n+1] offsets, per field dtype[offsets[n]]
     FETCH               u64 events, u64 encode_ns, then the wire payload bytes
+    FETCH_CACHED        u64 events, u64 encode_ns, u32 k, the user's k-byte vector entry
+                        (seqvault.vectors format; k = 0: none stored), then the wire payload bytes
+    VECTOR_PUT          u64 entries applied (an entry older than the stored one is not)
     CONTROL, HELLO      UTF-8 JSON
     others              nothing
 
@@ -50,13 +56,16 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHQI")
 TIMES = struct.Struct("<QQ")
 READ_REPLY = struct.Struct("<BBHQIQQQQ")  # header, times and counts of a READ reply in one pack
-HELLO, APPEND, BULK_LOAD, READ, GET, FETCH, WIRE_DICT, CONTROL = range(8)
+HELLO, APPEND, BULK_LOAD, READ, GET, FETCH, WIRE_DICT, CONTROL, FETCH_CACHED, VECTOR_PUT = range(10)
 OP_NAMES = {HELLO: "hello", APPEND: "append", BULK_LOAD: "bulk_load", READ: "read", GET: "get",
-            FETCH: "fetch", WIRE_DICT: "wire_dict", CONTROL: "control"}
+            FETCH: "fetch", WIRE_DICT: "wire_dict", CONTROL: "control", FETCH_CACHED: "fetch_cached",
+            VECTOR_PUT: "vector_put"}
 REPLY = 0x80
 FLAG_FULL = 1
 STATUS_OK, STATUS_ERROR = 0, 1
-CONTROL_OPS = ("finish_load", "flush", "maintain", "compact", "disk_bytes", "stats", "config")
+CONTROL_OPS = ("finish_load", "flush", "maintain", "compact", "disk_bytes", "stats", "config", "vector_stats",
+               "open_vectors")
+MAX_VECTOR_DIM = 1 << 20
 DEFAULT_MAX_PAYLOAD = 64 << 20      # a request larger than this closes the connection
 MAX_USERS_PER_REQUEST = 1 << 20
 MAX_LAST_N = 1 << 24
@@ -139,13 +148,42 @@ def encode_fetch(user_id: int, last_n: int, fmt: int, codec: int) -> bytes:
     return _FETCH.pack(int(last_n), fmt, codec, int(user_id))
 
 
-def decode_fetch(payload: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+def decode_fetch(payload: bytes | bytearray | memoryview, *, cached: bool = False) -> tuple[int, int, int, int]:
+    """(user id, last_n, format, codec) of a FETCH (last_n >= 1) or FETCH_CACHED (last_n >= 0) payload."""
     if len(payload) != _FETCH.size:
         raise ProtocolError(f"a fetch payload is {_FETCH.size} bytes, got {len(payload)}")
     last_n, fmt, codec, uid = _FETCH.unpack_from(payload, 0)
-    if not 1 <= last_n <= MAX_LAST_N:
-        raise ProtocolError(f"fetch last_n must be in 1..{MAX_LAST_N}, got {last_n}")
+    low = 0 if cached else 1
+    if not low <= last_n <= MAX_LAST_N:
+        raise ProtocolError(f"fetch last_n must be in {low}..{MAX_LAST_N}, got {last_n}")
     return uid, last_n, fmt, codec
+
+
+def encode_vector_put(user_ids: np.ndarray, versions: np.ndarray, vectors: np.ndarray) -> bytes:
+    uids = np.ascontiguousarray(user_ids, dtype=np.uint64).reshape(-1)
+    vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vecs.ndim != 2 or len(vecs) != len(uids) or len(versions) != len(uids):
+        raise ProtocolError(f"a vector put needs one version and one row per user: {len(uids)} users, "
+                            f"{len(versions)} versions, vectors of shape {vecs.shape}")
+    return b"".join([_U32.pack(len(uids)) + _U32.pack(vecs.shape[1]), uids.tobytes(),
+                     np.ascontiguousarray(versions, dtype=np.uint64).tobytes(), vecs.tobytes()])
+
+
+def decode_vector_put(payload: bytes | bytearray | memoryview) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids, versions, vectors [n, dim] float32) of a VECTOR_PUT payload, refusing a bad size."""
+    if len(payload) < 8:
+        raise ProtocolError("a vector put needs u32 n and u32 dim")
+    (n,), (dim,) = _U32.unpack_from(payload, 0), _U32.unpack_from(payload, 4)
+    if n > MAX_USERS_PER_REQUEST or not 1 <= dim <= MAX_VECTOR_DIM:
+        raise ProtocolError(f"a vector put of {n} users (<= {MAX_USERS_PER_REQUEST}) at dim {dim} "
+                            f"(1..{MAX_VECTOR_DIM}) is out of range")
+    expected = 8 + n * (16 + 4 * dim)
+    if len(payload) != expected:
+        raise ProtocolError(f"a vector put of {n} users at dim {dim} is {expected} bytes, got {len(payload)}")
+    uids = np.frombuffer(payload, dtype=np.uint64, count=n, offset=8)
+    versions = np.frombuffer(payload, dtype=np.uint64, count=n, offset=8 + 8 * n)
+    vectors = np.frombuffer(payload, dtype=np.float32, count=n * dim, offset=8 + 16 * n).reshape(n, dim)
+    return uids, versions, vectors
 
 
 def encode_wire_dict(dictionary: bytes | None, level: int) -> bytes:
@@ -195,6 +233,16 @@ def decode_csr(schema: Schema, payload: bytes | bytearray | memoryview, pos: int
     if pos != len(payload):
         raise ProtocolError(f"a CSR block of {total} events left {len(payload) - pos} bytes over")
     return offsets, cols
+
+
+def encode_u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def decode_u32(payload: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    if len(payload) < pos + 4:
+        raise ProtocolError(f"a reply ended at byte {len(payload)}, before its u32 at {pos}")
+    return _U32.unpack_from(payload, pos)[0]
 
 
 def encode_counts(events: int, nbytes: int) -> bytes:

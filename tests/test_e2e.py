@@ -76,6 +76,14 @@ def test_served_top_k_equals_scoring_the_history_directly(workload, tmp_path: Pa
     ref = MemoryStore(str(tmp_path / "ref"), workload.schema, max_len=cfg.seq_len)
     for uids, cols in workload.iter_backfill():
         ref.bulk_load(uids, cols)
+    ops = 0   # the arm replays the first refresh_ops live operations' appends before the run
+    for chunk in workload.iter_live(chunk_ops=1000):
+        take = min(len(chunk), cfg.refresh_ops - ops)
+        if take <= 0:
+            break
+        ref.append(*chunk.slice_ops(0, take).events)
+        ops += take
+    assert ops > 0
     ranker = RankerStage("din", cfg.seq_len, workload.schema, "columns", "raw", device=cfg.device, seed=cfg.seed)
     sets = len(reqs.cand_items)
     for row, i in enumerate(range(reqs.measured_from, min(len(reqs), reqs.measured_from + 8))):

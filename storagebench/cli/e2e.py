@@ -16,24 +16,37 @@ from storagebench.e2e_driver import STAGES
 DEFAULT_USERS = 1000  # ~0.5M backfill events: loads in seconds, yet many users reach L=1000 events
 
 
-def _arm(value: str) -> tuple[str, str]:
-    store, sep, model = value.partition(":")
-    if not sep or not store or not model:
-        raise click.BadParameter(f"{value!r}: write an arm as STORE:MODEL, e.g. seqvault:laser", param_hint="--arm")
-    return store, model
+def _arm(value: str) -> Any:
+    from storagebench.experiments.e2e import Arm
+
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise click.BadParameter(f"{value!r}: write an arm as STORE:MODEL or STORE:MODEL:N, e.g. seqvault:laser "
+                                 "or rocksdb_lastn:transformer:100", param_hint="--arm")
+    events = None
+    if len(parts) == 3:
+        if not parts[2].isdigit():
+            raise click.BadParameter(f"{value!r}: N (events read per request) must be a whole number >= 0",
+                                     param_hint="--arm")
+        events = int(parts[2])
+    return Arm(parts[0], parts[1], events)
 
 
 @click.command("e2e")
-@click.option("--arm", "arms", multiple=True, metavar="STORE:MODEL",
-              help="A (store, model) pair to measure; repeat. Default: the paper's before/after, "
-                   "rocksdb_lastn:transformer then seqvault:laser, on the same workload and requests.")
+@click.option("--arm", "arms", multiple=True, metavar="STORE:MODEL[:N]",
+              help="A (store, model) pair to measure, reading N newest events per request; repeat. Default: "
+                   "rocksdb_lastn:transformer:100 (the paper's production baseline), seqvault:laser:1000, "
+                   "seqvault:vista (cached summary only, N=0) and seqvault:llatte:400 (cached user vector + "
+                   "the newest 400), on the same workload, requests and candidates. N defaults to --seq-len "
+                   "(vista 0, llatte 400).")
 @click.option("--workload", "workload_dir", type=click.Path(exists=True, file_okay=False),
               help="A saved workload directory. Default: generate the small preset with --users users.")
 @click.option("--users", type=click.IntRange(min=1), default=DEFAULT_USERS, show_default=True,
               help="Users of the generated workload (small preset otherwise).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Workload, candidates and weights seed.")
 @click.option("--seq-len", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="L: newest events fetched per request and read by the model (the paper's L).")
+              help="L: the history length: events an arm reads when it names no N, and what the cached "
+                   "models' summaries cover (their stores keep L events).")
 @click.option("--candidates", type=click.IntRange(min=1), default=100, show_default=True,
               help="C: candidates scored per request (the workload's range is 100-500). LASER's cost grows "
                    "with C (its attention is target-aware); at 100 its CPU forward is ~60 ms p50 on one core.")
@@ -69,39 +82,62 @@ def _arm(value: str) -> tuple[str, str]:
               help="Store I/O (direct bypasses the page cache; falls back to buffered with a warning).")
 @click.option("--node-cpus", default="auto", show_default=True,
               help="CPUs of the storage node: 'auto' (all but CPU 0, which the ranker gets), 'all' or '1'.")
+@click.option("--vector-dtype", type=click.Choice(["fp16", "bf16", "int8"]), default="fp16", show_default=True,
+              help="How the cached summaries (vista, llatte) are stored: int8 keeps one scale per vector.")
+@click.option("--refresh-every", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Refresh policy: recompute a user's summary once it is K events behind (0: never by count).")
+@click.option("--refresh-on-conversion/--no-refresh-on-conversion", default=True, show_default=True,
+              help="Refresh policy: also recompute after a conversion (collect, share, comment, follow, cart, "
+                   "purchase).")
+@click.option("--refresh-ops", type=click.IntRange(min=0), default=20_000, show_default=True,
+              help="Live operations replayed before the measured run (appends into every arm's store; the "
+                   "cached arms' refresh job measures its CPU per event and the staleness reads see).")
 @click.option("--keep-stores", is_flag=True, help="Keep the store directories under OUT/stores.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results/e2e", show_default=True,
               help="Writes OUT/e2e.json and OUT/hdr/<store>+<model>.<stage>.hlog.")
 def e2e(arms: tuple[str, ...], workload_dir: str | None, users: int, seed: int, seq_len: int, candidates: int,
         top_k: int, rate: float, warmup_s: float, window_s: float, budget_ms: float, max_batch: int,
         max_wait_ms: float, wire_codec: str, dict_kib: int, device: str, threads: int | None, search_s: float,
-        search_step_s: float, io: str, node_cpus: str, keep_stores: bool, out_dir: str) -> None:
+        search_step_s: float, io: str, node_cpus: str, vector_dtype: str, refresh_every: int,
+        refresh_on_conversion: bool, refresh_ops: int, keep_stores: bool, out_dir: str) -> None:
     """Replay a workload's ranking reads open loop: fetch each user's newest L events from a storage
     node, decode and build features, copy to the device, score C candidates, keep the top k.
 
     Reports p50/p99/p99.9 per stage (queue, fetch, decode, h2d, forward, total; all from each
     request's intended start), each stage's share of the budget, the highest rate whose total p99
-    fits the budget, and the bytes per request on the wire raw, with zstd and with a trained zstd
-    dictionary. Models are untrained (random weights): latency does not depend on their values.
+    fits the budget, the bytes per request on the wire raw, with zstd and with a trained zstd
+    dictionary, the bytes stored per user, the per-request FLOPs at C, and for the models that cache
+    a user summary in the store (vista, llatte) what the refresh job costs per event and how many
+    events behind the summary a read sees. Models are untrained (random weights): latency does not
+    depend on their values.
+
+    \b
+    Example (the four default arms, ~10 minutes on 2 cores):
+      storagebench e2e --out results/e2e
+      storagebench e2e --arm rocksdb_lastn:transformer:100 --arm seqvault:llatte:400 --vector-dtype int8
     """
-    from storagebench.ranker_stage import TORCH_MISSING
+    from storagebench.ranker_stage import ONLINE_LENGTH_FIELD, TORCH_MISSING
     from storagebench.stores import store_names
+    from storagebench.stores.base import store_class
 
     try:
         import torch
     except ImportError:
         raise click.ClickException(TORCH_MISSING) from None
     from rankers.registry import MODEL_NAMES
-    from storagebench.experiments.e2e import DEFAULT_PAIR, E2EConfig, run_e2e
+    from storagebench.experiments.e2e import DEFAULT_ARMS, E2EConfig, arm_labels, run_e2e
 
-    pairs = [_arm(a) for a in arms] or list(DEFAULT_PAIR)
+    pairs = [_arm(a) for a in arms] or list(DEFAULT_ARMS)
     known = store_names()
-    for store, model in pairs:
+    for store, model in ((a.store, a.model) for a in pairs):
         if store not in known:
             raise click.BadParameter(f"unknown store {store!r}; available: {', '.join(known)}", param_hint="--arm")
         if model not in MODEL_NAMES:
             raise click.BadParameter(f"unknown model {model!r}; available: {', '.join(MODEL_NAMES)}",
                                      param_hint="--arm")
+        if model in ONLINE_LENGTH_FIELD and not store_class(store).keeps_vectors:
+            raise click.BadParameter(f"{model} caches a user summary in the store, and {store} keeps no cached "
+                                     f"vectors; use seqvault, rocksdb_lastn or rocksdb_packed", param_hint="--arm")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: use auto, cpu, cuda or cuda:N", param_hint="--device")
     node, ranker_cpus = parse_cpus(node_cpus)
@@ -109,9 +145,14 @@ def e2e(arms: tuple[str, ...], workload_dir: str | None, users: int, seed: int, 
         cfg = E2EConfig(seq_len=seq_len, candidates=candidates, top_k=top_k, rate=rate, warmup_s=warmup_s,
                         window_s=window_s, budget_ms=budget_ms, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         wire_codec=wire_codec, dict_bytes=dict_kib << 10, device=device, search_s=search_s,
-                        search_step_s=search_step_s, io=io, node_cpus=node, seed=seed)
+                        search_step_s=search_step_s, io=io, node_cpus=node, seed=seed, vector_dtype=vector_dtype,
+                        refresh_every=refresh_every, refresh_on_conversion=refresh_on_conversion,
+                        refresh_ops=refresh_ops)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    labels = arm_labels(pairs, cfg)
+    if len(set(labels)) < len(labels):
+        raise click.BadParameter(f"the same arm is given twice: {', '.join(labels)}", param_hint="--arm")
     console = Console() if Console().is_terminal else Console(width=160)
     if ranker_cpus:
         os.sched_setaffinity(0, ranker_cpus)
@@ -157,13 +198,42 @@ def render(doc: dict[str, Any], console: Console) -> None:
                     "dict saving vs zstd"):
             wt.add_column(col, justify="left" if col == "format" else "right")
         for fmt, m in w["by_format"].items():
+            saving = m["saving_pct"]["zstd_dict"]
             wt.add_row(fmt + (" (this store)" if fmt == w["format"] else ""), f"{m['raw']:,.0f}",
-                       f"{m['zstd']:,.0f}", f"{m['zstd_dict']:,.0f}", f"{m['saving_pct']['zstd_dict']:.1f}%",
-                       f"{100 * (1 - m['zstd_dict'] / m['zstd']):.1f}%")
+                       f"{m['zstd']:,.0f}", f"{m['zstd_dict']:,.0f}", "-" if saving is None else f"{saving:.1f}%",
+                       f"{100 * (1 - m['zstd_dict'] / m['zstd']):.1f}%" if m["zstd"] else "-")
         console.print(wt)
         mr = run["max_rate_within_budget_per_s"]
         console.print(f"max rate with total p99 <= {budget:g} ms: "
                       + (f"[bold]{mr:.1f} req/s[/bold]" if mr else "none found")
                       + f"  (search: {len(run['rate_search']['steps'])} runs of {run['rate_search']['step_s']:g} s)")
+    render_arms(doc, console)
     for w in doc.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def render_arms(doc: dict[str, Any], console: Console) -> None:
+    """One row per arm, side by side: latency, bytes, refresh cost, capacity and FLOPs."""
+    t = Table(title=f"arms side by side (budget {doc['budget_ms']:g} ms; C={doc['config']['candidates']})",
+              caption="wire: events payload per request (zstd_dict where the arm uses it) + cached vector entry; "
+                      "stored: disk bytes per user, events and vectors; refresh: the job's CPU per live event "
+                      "and the staleness (events not covered) reads saw")
+    for col in ("arm", "N", "fetch p99", "forward p50", "forward p99", "total p99", "wire raw B", "wire zstd B",
+                "vector B", "stored B/user", "refresh µs/event", "stale p50/p99", "max rate/s", "MACs/request"):
+        t.add_column(col, justify="left" if col == "arm" else "right")
+    for run in doc["runs"]:
+        st, wb = run["stages"], run["wire_bytes"]
+        refresh = (run.get("refresh") or {}).get("live") or {}
+        stale = refresh.get("staleness_events")
+        flops = run.get("flops") or {}
+        mr = run["max_rate_within_budget_per_s"]
+        t.add_row(run.get("arm", f"{run['store']}+{run['model']}"), str(run.get("events_per_request", run["seq_len"])),
+                  f"{st['fetch']['p99_ms']:.2f}", f"{st['forward']['p50_ms']:.2f}", f"{st['forward']['p99_ms']:.2f}",
+                  f"{st['total']['p99_ms']:.2f}", f"{wb['raw']:,.0f}", f"{wb['zstd_dict']:,.0f}",
+                  f"{run['wire'].get('vector_bytes_per_request', 0):,.0f}",
+                  f"{(run.get('stored') or {}).get('disk_bytes_per_user', 0):,.0f}",
+                  f"{refresh['cpu_us_per_event']:.0f}" if "cpu_us_per_event" in refresh else "-",
+                  f"{stale['p50']:.0f}/{stale['p99']:.0f}" if stale else "-",
+                  f"{mr:.1f}" if mr else "-",
+                  f"{flops['per_request_macs']:.3g}" if flops.get("per_request_macs") else "-")
+    console.print(t)

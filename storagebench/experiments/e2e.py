@@ -3,9 +3,15 @@
 For each (store, model) arm: bulk-load the workload's backfill into a storage node, train the wire's
 zstd dictionary on some users' payloads and measure bytes per request on other users', then replay
 the reads open loop at ``rate`` (:mod:`storagebench.e2e_driver`), and search the highest rate whose
-total p99 stays inside the budget. The default pair is the paper's before/after: RocksDB LastN +
-Transformer vs SeqVault + LASER on the same workload, requests and candidates. The result file
-format is documented in :mod:`reports.loader` (kind ``e2e``).
+total p99 stays inside the budget. Each arm reads its own N newest events per request; a store
+keeps N events for the models that read all they need from the events, and ``seq_len`` (the
+history a summary covers) for the models that cache a user summary (VISTA, LLaTTE), whose arm
+also runs the refresh job (:mod:`storagebench.refresh`): every loaded user summarised once, then
+the first ``refresh_ops`` live operations replayed with the refresh policy (every arm replays their
+appends, so the stores end holding the same events). The default arms are the paper's baseline
+(RocksDB LastN N=100 + Transformer), its answer (SeqVault N=1000 + LASER) and the two cached
+designs, on the same workload, requests and candidates. The result file format is documented in
+:mod:`reports.loader` (kind ``e2e``).
 """
 
 from __future__ import annotations
@@ -24,12 +30,30 @@ from storagebench.e2e_driver import STAGES, DriveResult, Requests, drive, search
 from storagebench.experiments.run import RunConfig, WorkloadLike, load_backfill, store_options
 from storagebench.measure import machine_info
 from storagebench.node import FETCH, NodeClient
-from storagebench.ranker_stage import RankerStage
+from storagebench.ranker_stage import ONLINE_LENGTH_FIELD, RankerStage
+from storagebench.refresh import RefreshPolicy, initial_refresh, live_refresh
 from storagebench.replay import write_interval_log
 from storagebench.results import write_json
 from workloads import OP_READ
 
-DEFAULT_PAIR: tuple[tuple[str, str], ...] = (("rocksdb_lastn", "transformer"), ("seqvault", "laser"))
+
+@dataclass(frozen=True)
+class Arm:
+    """One (store, model) pair and the events it reads per request (None: the model's default)."""
+
+    store: str
+    model: str
+    events: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.store}+{self.model}"
+
+
+DEFAULT_ARMS: tuple[Arm, ...] = (Arm("rocksdb_lastn", "transformer", 100), Arm("seqvault", "laser", 1000),
+                                 Arm("seqvault", "vista"), Arm("seqvault", "llatte", 400))
+# The cached models' events read online when the arm does not say: their configs' defaults.
+DEFAULT_ONLINE_EVENTS: dict[str, int] = {"vista": 0, "llatte": 400}
 SEARCH_MIN_REQUESTS = 15
 Progress = Callable[[str, int, int | None], None]
 
@@ -60,6 +84,10 @@ class E2EConfig:
     wire_sample_users: int = 200  # users whose payloads measure wire bytes ...
     dict_train_users: int = 300   # ... and other users whose payloads train the dictionary
     seed: int = 0
+    vector_dtype: str = "fp16"   # cached summaries: fp16, bf16 or int8 (+ a scale per vector)
+    refresh_every: int = 64      # refresh a summary K events behind ...
+    refresh_on_conversion: bool = True  # ... or after a conversion
+    refresh_ops: int = 20_000    # live operations replayed through the refresh job before the run (0: none)
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be >= 1" for k in ("seq_len", "candidates", "top_k", "max_batch")
@@ -72,6 +100,12 @@ class E2EConfig:
             problems.append(f"wire_codec must be one of {', '.join(wire.CODECS)}, got {self.wire_codec!r}")
         if self.warmup_s < 0 or self.max_wait_ms < 0 or self.search_s < 0:
             problems.append("warmup_s, max_wait_ms and search_s must be >= 0")
+        if self.vector_dtype not in ("fp16", "bf16", "int8"):
+            problems.append(f"vector_dtype must be fp16, bf16 or int8, got {self.vector_dtype!r}")
+        if self.refresh_every < 0 or self.refresh_ops < 0:
+            problems.append("refresh_every and refresh_ops must be >= 0")
+        if not self.refresh_every and not self.refresh_on_conversion:
+            problems.append("the refresh policy never refreshes: set refresh_every > 0 or refresh_on_conversion")
         if problems:
             raise ValueError("invalid e2e configuration: " + "; ".join(problems))
 
@@ -125,14 +159,23 @@ def _sample_users(users: np.ndarray, first: int, count: int) -> np.ndarray:
 
 
 def measure_wire(client: NodeClient, wl: WorkloadLike, fmt: str, reads: tuple[np.ndarray, np.ndarray],
-                 cfg: E2EConfig) -> tuple[dict[str, Any], Any]:
-    """Bytes per request for both formats and all codecs; returns (measurements, the arm format's dictionary).
-    Dictionaries are trained on ``dict_train_users`` users, sizes measured on ``wire_sample_users`` others."""
+                 cfg: E2EConfig, last_n: int | None = None) -> tuple[dict[str, Any], Any]:
+    """Bytes per request of ``last_n`` (default ``seq_len``) events for both formats and all codecs;
+    returns (measurements, the arm format's dictionary). Dictionaries are trained on
+    ``dict_train_users`` users, sizes measured on ``wire_sample_users`` others. An arm that reads no
+    events (a summary-only model) has nothing to compress: zero bytes and no dictionary."""
+    last_n = cfg.seq_len if last_n is None else last_n
     sample = _sample_users(reads[0], 0, cfg.wire_sample_users)
     train = _sample_users(reads[0], cfg.wire_sample_users, cfg.dict_train_users)
+    if last_n == 0:
+        nothing = {"requests": 0, "raw": 0.0, "zstd": 0.0, "zstd_dict": 0.0,
+                   "saving_pct": {"zstd": None, "zstd_dict": None}}
+        return {"format": fmt, "by_format": {f: dict(nothing) for f in wire.FORMATS}, "sample_users": 0,
+                "train_users": 0, "mean_events_per_request": 0.0, "dictionary_bytes": 0,
+                "zstd_level": cfg.zstd_level, "note": "the arm reads no events: only its cached vector travels"}, None
 
     def columns(users: np.ndarray) -> list[dict[str, np.ndarray]]:
-        return [wire.decode(client.call(FETCH, users[i : i + 1], cfg.seq_len, fmt, "raw")[0], wl.schema, fmt)
+        return [wire.decode(client.call(FETCH, users[i : i + 1], last_n, fmt, "raw")[0], wl.schema, fmt)
                 for i in range(len(users))]
 
     train_cols, sample_cols = columns(train), columns(sample)
@@ -149,23 +192,68 @@ def measure_wire(client: NodeClient, wl: WorkloadLike, fmt: str, reads: tuple[np
     return info, dicts[fmt]
 
 
+def arm_events(arm: Arm, cfg: E2EConfig) -> int:
+    """Events arm ``arm`` reads per request: its own N, else the cached model's default, else ``seq_len``."""
+    if arm.events is not None:
+        return arm.events
+    return DEFAULT_ONLINE_EVENTS.get(arm.model, cfg.seq_len)
+
+
+def backfill_counts(wl: WorkloadLike) -> dict[int, int]:
+    """Events per user in the backfill (what a summary made right after the load covers)."""
+    counts: dict[int, int] = {}
+    for uids, _ in wl.iter_backfill(chunk_events=250_000):
+        users, n = np.unique(uids, return_counts=True)
+        for u, c in zip(users.tolist(), n.tolist(), strict=True):
+            counts[u] = counts.get(u, 0) + c
+    return counts
+
+
 def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tuple[np.ndarray, np.ndarray],
             bank: tuple[np.ndarray, dict[str, np.ndarray]], store_dir: str, hdr_dir: str | None = None,
-            progress: Progress | None = None) -> tuple[dict[str, Any], DriveResult, Requests]:
-    """Measure one (store, model) arm; returns (its run block, the measured run, its requests)."""
+            progress: Progress | None = None, events: int | None = None,
+            label: str | None = None) -> tuple[dict[str, Any], DriveResult, Requests]:
+    """Measure one (store, model) arm reading ``events`` newest events per request (default: see
+    :func:`arm_events`); returns (its run block, the measured run, its requests)."""
     report = progress or (lambda phase, done, total: None)
+    arm = Arm(store, model, events)
+    n_events = arm_events(arm, cfg)
+    cached = model in ONLINE_LENGTH_FIELD
     shutil.rmtree(store_dir, ignore_errors=True)
     os.makedirs(store_dir)
-    opts, warnings = store_options(store, RunConfig(io=cfg.io, max_len=cfg.seq_len,
-                                                    dram_budget_bytes=cfg.dram_budget_bytes), store_dir)
+    keep = cfg.seq_len if cached else max(n_events, 1)
+    opts, warnings = store_options(store, RunConfig(io=cfg.io, max_len=keep, dram_budget_bytes=cfg.dram_budget_bytes),
+                                   store_dir)
     fmt = wire.wire_format(store)
+    policy = RefreshPolicy(every_events=cfg.refresh_every, on_conversion=cfg.refresh_on_conversion)
+    refresh: dict[str, Any] | None = None
     with NodeClient(store, store_dir, wl.schema, opts, cpus=cfg.node_cpus) as client:
         load_backfill(client, wl.iter_backfill(chunk_events=250_000), lambda done: report("load", done, None))
+        codec = cfg.wire_codec if n_events else "raw"   # no events, nothing to compress
+        ranker = RankerStage(model, n_events, wl.schema, fmt, codec, None, device=cfg.device,
+                             seed=cfg.seed, history_len=cfg.seq_len, vector_dtype=cfg.vector_dtype)
+        counts = backfill_counts(wl)
+        covered: dict[int, int] = {}
+        if cached:
+            layout = client.call("open_vectors", ranker.vector_dim, cfg.vector_dtype)
+            first_live = int(reads[1][0]) if len(reads[1]) else 0
+            initial = initial_refresh(client, ranker, counts, first_live, policy,
+                                      lambda done: report("summarise", done, len(counts)))
+            covered.update(counts)
+            refresh = {"initial": initial, "layout": layout}
+        if cfg.refresh_ops:
+            live = live_refresh(client, ranker if cached else None, wl.iter_live(chunk_ops=policy.batch_ops),
+                                counts, covered, policy, cfg.refresh_ops,
+                                lambda done: report("live ops", done, cfg.refresh_ops))
+            if refresh is not None:
+                refresh["live"] = live
+        client.call("flush")
+        stored = _stored_bytes(client, counts)
         report("wire", 0, None)
-        wire_info, dictionary = measure_wire(client, wl, fmt, reads, cfg)
-        client.call("wire_dict", dictionary.as_bytes(), cfg.zstd_level)
-        ranker = RankerStage(model, cfg.seq_len, wl.schema, fmt, cfg.wire_codec, dictionary, device=cfg.device,
-                             seed=cfg.seed)
+        wire_info, dictionary = measure_wire(client, wl, fmt, reads, cfg, n_events)
+        if dictionary is not None:
+            client.call("wire_dict", dictionary.as_bytes(), cfg.zstd_level)
+            ranker.set_dictionary(dictionary)
         # Prime the path (JIT, allocator, file handles) so the warm-up is spent warming, not compiling.
         drive(client, ranker, make_requests(reads, bank, cfg.rate, 0.0, 1.0), top_k=cfg.top_k)
         reqs = make_requests(reads, bank, cfg.rate, cfg.window_s, cfg.warmup_s, seed=cfg.seed)
@@ -185,7 +273,7 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
                                            time_budget_s=cfg.search_s, step_s=step_s)
                            if cfg.search_s > 0 else (None, []))
         store_config = client.store_config
-    label = f"{store}+{model}"
+    label = label or arm.label
     if hdr_dir:
         for stage, values in result.stages_ns.items():
             write_interval_log(os.path.join(hdr_dir, f"{label}.{stage}.hlog"), np.maximum(values // 1000, 1),
@@ -203,16 +291,22 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
                            else f" (lowest tried: {min(s['rate_per_s'] for s in steps):g}/s)" if steps else ""))
     ranker_info = ranker.describe()
     run = {
-        "store": store, "model": model, "device": ranker_info["device"], "seq_len": cfg.seq_len,
+        "store": store, "model": model, "arm": label, "events_per_request": n_events, "cached": cached,
+        "device": ranker_info["device"], "seq_len": n_events, "history_len": cfg.seq_len if cached else n_events,
+        "store_max_len": keep,
         "candidates": cfg.candidates, "top_k": cfg.top_k, "rate_per_s": cfg.rate,
         "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
         "stages": {s: {k: summary[s][k] for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")}
                    for s in STAGES},
         "share_of_budget_pct": {s: 100.0 * summary[s]["p99_ms"] / cfg.budget_ms for s in STAGES},
         "max_rate_within_budget_per_s": max_rate,
+        "flops": _request_flops(model, ranker.config, cfg.candidates),
+        "stored": stored,
+        "refresh": refresh,
         "wire_bytes": {k: wire_info["by_format"][fmt].get(k) for k in wire.CODECS},
-        "wire": {**wire_info, "codec_on_data_path": cfg.wire_codec,
+        "wire": {**wire_info, "codec_on_data_path": codec,
                  "live_mean_bytes": float(result.wire_bytes.mean()) if len(result.wire_bytes) else None,
+                 "vector_bytes_per_request": float(result.vector_bytes.mean()) if len(result.vector_bytes) else 0.0,
                  "node_encode_compress_ms": {"p50": float(np.percentile(result.wire_encode_ns, 50)) / 1e6,
                                              "p99": float(np.percentile(result.wire_encode_ns, 99)) / 1e6}
                  if len(result.wire_encode_ns) else None,
@@ -230,24 +324,51 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
     return run, result, reqs
 
 
+def _stored_bytes(client: NodeClient, counts: dict[int, int]) -> dict[str, Any]:
+    """Bytes the store holds per user: on disk (all files, events and cached vectors) and the vectors'."""
+    disk = client.call("disk_bytes")
+    users = max(len(counts), 1)
+    vectors = client.call("vector_stats") or {}
+    return {"users": len(counts), "disk_bytes": disk, "disk_bytes_per_user": disk.get("total", 0) / users,
+            "vectors": vectors}
+
+
+def _request_flops(model: str, config: Any, candidates: int) -> dict[str, Any] | None:
+    try:
+        from rankers.flops import request_flops
+    except ImportError:
+        return None
+    return request_flops(model, config, candidates)
+
+
 def _ms(values_ns: np.ndarray) -> dict[str, float] | None:
     if not len(values_ns):
         return None
     return {f"p{p:g}": float(np.percentile(values_ns, p)) / 1e6 for p in (50, 99)} | {"max": float(values_ns.max()) / 1e6}
 
 
-def run_e2e(wl: WorkloadLike, cfg: E2EConfig, out_dir: str, arms: Sequence[tuple[str, str]] = DEFAULT_PAIR, *,
+def arm_labels(arms: Sequence[Arm], cfg: E2EConfig) -> list[str]:
+    """``store+model`` per arm, with ``@N`` where two arms share a store and model."""
+    plain = [a.label for a in arms]
+    return [f"{a.label}@{arm_events(a, cfg)}" if plain.count(a.label) > 1 else a.label for a in arms]
+
+
+def run_e2e(wl: WorkloadLike, cfg: E2EConfig, out_dir: str, arms: Sequence[Arm | tuple[str, str]] = DEFAULT_ARMS, *,
             progress: Progress | None = None, keep_stores: bool = False) -> dict[str, Any]:
     """Measure every arm on the same requests and candidates; write ``out_dir/e2e.json`` and ``hdr/``."""
+    arms = [a if isinstance(a, Arm) else Arm(*a) for a in arms]
+    labels = arm_labels(arms, cfg)
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"two arms are the same (store, model, N): {labels}")
     hdr_dir = os.path.join(out_dir, "hdr")
     os.makedirs(hdr_dir, exist_ok=True)
     reads = collect_reads(wl)
     bank = candidate_bank(wl, cfg.candidates, seed=cfg.seed)
     runs = []
-    for store, model in arms:
-        run, _, _ = run_arm(wl, store, model, cfg, reads, bank, os.path.join(out_dir, "stores", store),
-                            hdr_dir, progress=(lambda p, d, t, a=f"{store}+{model}": progress(f"{a}: {p}", d, t))
-                            if progress else None)
+    for arm, label in zip(arms, labels, strict=True):
+        run, _, _ = run_arm(wl, arm.store, arm.model, cfg, reads, bank, os.path.join(out_dir, "stores", label),
+                            hdr_dir, progress=(lambda p, d, t, a=label: progress(f"{a}: {p}", d, t))
+                            if progress else None, events=arm.events, label=label)
         runs.append(run)
     if not keep_stores:
         shutil.rmtree(os.path.join(out_dir, "stores"), ignore_errors=True)

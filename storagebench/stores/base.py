@@ -40,6 +40,8 @@ class Store(ABC):
     returns_stored_data: ClassVar[bool] = True
     # False for a store that cannot bypass the page cache (Redis: the data set lives in DRAM).
     supports_direct_io: ClassVar[bool] = True
+    # True for a store that keeps cached per-user vectors (open_vectors / put_vectors / get_vector_entries).
+    keeps_vectors: ClassVar[bool] = False
 
     def __init__(self, path: str, schema: Schema, *, max_len: int = 1000, direct_io: bool = False,
                  dram_budget_bytes: int = 64 << 20, **options: Any) -> None:
@@ -92,6 +94,28 @@ class Store(ABC):
         :meth:`disk_bytes` after it: the disk a store needs once background work has caught up."""
         self.flush()
         return self.disk_bytes()
+
+    # -- cached user representations (optional) ------------------------------------------------
+    # One fixed-size vector per user (a model's cached summary of the history), versioned by the
+    # event position it covers; entries use seqvault.vectors' format in every store that keeps them,
+    # so the bytes stored and sent are the same and only the engine differs.
+    def open_vectors(self, dim: int, dtype: str) -> dict[str, Any]:
+        """Keep one ``dim``-value vector per user at ``dtype`` (fp16, bf16 or int8); returns the layout."""
+        raise StoreError(f"store {self.name!r} does not keep cached vectors; the stores that do: "
+                         "seqvault, rocksdb_lastn, rocksdb_packed")
+
+    def put_vectors(self, user_ids: np.ndarray, versions: np.ndarray, vectors: np.ndarray) -> int:
+        """Store each user's vector unless a newer version (more events covered) is there; returns how
+        many were applied."""
+        raise StoreError(f"store {self.name!r} has no cached vectors: call open_vectors first")
+
+    def get_vector_entries(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found bool[n], encoded entries uint8[n, entry_bytes]) of each user's cached vector."""
+        raise StoreError(f"store {self.name!r} has no cached vectors: call open_vectors first")
+
+    def vector_stats(self) -> dict[str, Any]:
+        """Users with a vector, entry bytes, bytes stored per user; empty when vectors are not open."""
+        return {}
 
     @abstractmethod
     def disk_files(self) -> dict[str, str]:

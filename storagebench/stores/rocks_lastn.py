@@ -32,6 +32,11 @@ def user_key(uid: int) -> bytes:
     return int(uid).to_bytes(8, "big")
 
 
+def vector_key(uid: int) -> bytes:
+    """A cached vector's key: 9 bytes, so it can never equal an 8-byte event key."""
+    return b"V" + int(uid).to_bytes(8, "big")
+
+
 # Option profiles. ``default``: what the first wave ran (LZ4 on every level, 16 KiB blocks).
 # ``tuned``: what a careful operator runs for point reads of multi-KiB values, chosen by the sweep
 # in ``scripts/rocksdb_sweep.py`` (compression x blob x block size; its figures are in the README):
@@ -53,6 +58,7 @@ class RocksStoreBase(Store):
     """RocksDB tuned for point lookups; subclasses choose the value encoding."""
 
     thread_safe = True
+    keeps_vectors = True
 
     def __init__(self, path: str, schema: Schema, *, profile: str = "tuned", write_buffer_bytes: int = 16 << 20,
                  max_background_jobs: int = 2, **kw: Any) -> None:
@@ -180,6 +186,67 @@ class RocksStoreBase(Store):
         values = self._db.get([user_key(u) for u in uids])
         per_user = [None if v is None else self.decode_value(u, v) for u, v in zip(uids, values, strict=True)]
         return pack_csr(per_user, self.schema, self.keep(last_n))
+
+    # -- cached vectors: the same entries as SeqVault's table, one key per user ---------------
+    def open_vectors(self, dim: int, dtype: str) -> dict[str, Any]:
+        from seqvault.vectorcodec import VECTOR_DTYPES, entry_bytes
+
+        if dtype not in VECTOR_DTYPES or dim < 1:
+            raise StoreError(f"cached vectors need dim >= 1 and a dtype in {', '.join(VECTOR_DTYPES)}; "
+                             f"got dim={dim}, dtype={dtype!r}")
+        self._vectors = {"dim": int(dim), "dtype": dtype, "entry_bytes": entry_bytes(dim, dtype), "puts": 0,
+                         "applied": 0, "new_users": 0}
+        self._vector_lock = threading.Lock()
+        return {k: self._vectors[k] for k in ("dim", "dtype", "entry_bytes")}
+
+    def _vector_layout(self) -> dict[str, Any]:
+        layout = getattr(self, "_vectors", None)
+        if layout is None:
+            raise StoreError(f"store {self.name!r} has no cached vectors: call open_vectors first")
+        return layout
+
+    def put_vectors(self, user_ids: np.ndarray, versions: np.ndarray, vectors: np.ndarray) -> int:
+        from seqvault.vectorcodec import encode_entries
+
+        layout = self._vector_layout()
+        uids, versions = np.asarray(user_ids, dtype=np.uint64), np.asarray(versions, dtype=np.uint64)
+        # Within one call the highest version of a user wins: sort by (user, version), keep the last.
+        order = np.lexsort((versions, uids))
+        last = np.r_[uids[order][1:] != uids[order][:-1], True]
+        keep = order[last]
+        entries = encode_entries(uids[keep], versions[keep], np.asarray(vectors, np.float32)[keep], layout["dtype"])
+        keys = [vector_key(int(u)) for u in uids[keep]]
+        batch, applied, new_users = rd.WriteBatch(raw_mode=True), 0, 0
+        with self._vector_lock:   # read-modify-write: a concurrent put of a newer version must not be lost
+            for key, old, entry, version in zip(keys, self._db.get(keys), entries, versions[keep], strict=True):
+                if old is not None and int.from_bytes(old[8:16], "little") >= int(version):
+                    continue
+                batch.put(key, entry.tobytes())
+                applied += 1
+                new_users += old is None
+            if applied:
+                self._db.write(batch)
+            layout["puts"] += len(uids)
+            layout["applied"] += applied
+            layout["new_users"] += new_users
+        return applied
+
+    def get_vector_entries(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        layout = self._vector_layout()
+        uids = np.asarray(user_ids, dtype=np.uint64)
+        values = self._db.get([vector_key(int(u)) for u in uids])
+        found = np.array([v is not None for v in values], dtype=bool)
+        entries = np.zeros((len(uids), layout["entry_bytes"]), dtype=np.uint8)
+        for i in np.flatnonzero(found):
+            entries[i] = np.frombuffer(values[i], dtype=np.uint8)
+        return found, entries
+
+    def vector_stats(self) -> dict[str, Any]:
+        layout = getattr(self, "_vectors", None)
+        if layout is None:
+            return {}
+        return {**layout, "stored_bytes_per_user": layout["entry_bytes"] + 9,
+                "stored_bytes_note": "entry + 9-byte key, before RocksDB's block compression and index"}
 
     def flush(self) -> None:
         self._db.flush()
