@@ -57,10 +57,13 @@ class RankerStage:
 
     def __init__(self, model_name: str, seq_len: int, schema: Schema, wire_format: str, codec: str,
                  dictionary: Any = None, *, device: str = "auto", seed: int = 0, history_len: int | None = None,
-                 vector_dtype: str = "fp16") -> None:
+                 vector_dtype: str = "fp16", dtype: str = "fp32", compiled: bool = False) -> None:
         torch = import_torch()
         from rankers.registry import build_model, make_config
-        from rankers.serving import resolve_device
+        from rankers.serving import DTYPES, resolve_device
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
 
         self.torch = torch
         self.device, self.device_note = resolve_device(device)
@@ -70,7 +73,11 @@ class RankerStage:
         lengths = ({"max_len": self.history_len, ONLINE_LENGTH_FIELD[model_name]: seq_len} if self.cached
                    else {"max_len": seq_len})
         config = make_config(model_name, paper=True, **lengths, **SERVING_OVERRIDES.get(model_name, {}))
-        self.model = build_model(model_name, config).eval().to(self.device)
+        self.model = build_model(model_name, config).eval().to(self.device, DTYPES[dtype])
+        self.dtype, self.model_dtype = dtype, DTYPES[dtype]
+        # torch.compile needs a working compiler toolchain; the first failing call falls back to eager.
+        self.compiled, self.compile_note = compiled, None
+        self._score = torch.compile(self._score_eager, dynamic=True) if compiled else self._score_eager
         self.model_name, self.seq_len, self.config = model_name, seq_len, config
         self.vector_dtype = vector_dtype
         self.cache_shape: tuple[int, ...] = tuple(self.model.cache_shape()) if self.cached else ()
@@ -111,11 +118,13 @@ class RankerStage:
     def decode_vectors(self, entries: Sequence[bytes | None]) -> tuple[Any, int]:
         """Vector entries (None: the user has none yet) -> ([B, *cache_shape] float32, users without one)."""
         from seqvault.vectorcodec import decode_entries
+        from seqvault.vectors import entry_checksums
 
         out = np.zeros((len(entries), self.vector_dim), dtype=np.float32)
         present = [i for i, e in enumerate(entries) if e]
         if present:
-            _, _, vecs = decode_entries(b"".join(entries[i] for i in present), self.vector_dim, self.vector_dtype)
+            _, _, vecs = decode_entries(b"".join(entries[i] for i in present), self.vector_dim, self.vector_dtype,
+                                        checksum=entry_checksums)
             out[present] = vecs
         return self.torch.from_numpy(out).view(len(entries), *self.cache_shape), len(entries) - len(present)
 
@@ -134,20 +143,29 @@ class RankerStage:
     def to_device(self, feats: Features) -> Features:
         """Host-to-device copy of a batch (returns at once on CPU, where the tensors already are)."""
         out = Features(feats.history.to(self.device), feats.candidates.to(self.device),
-                       None if feats.cache is None else feats.cache.to(self.device), feats.cold)
+                       None if feats.cache is None else feats.cache.to(self.device, self.model_dtype), feats.cold)
         self.synchronize()
         return out
 
     def forward_topk(self, feats: Features, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Score every candidate, keep the k best per request: (indices [B, k], scores [B, k]) on the host."""
         with self.torch.inference_mode():
-            if self.cached:
-                scores = self.model.score(self.model.encode_cached(feats.cache, feats.history), feats.candidates)
-            else:
-                scores = self.model(feats.history, feats.candidates)
+            try:
+                scores = self._score(feats)
+            except Exception as exc:   # only a compiled call can fail here and not fail eager too
+                if self._score == self._score_eager:
+                    raise
+                self.compile_note = f"torch.compile failed ({type(exc).__name__}: {exc}); ran eager instead"
+                self._score, self.compiled = self._score_eager, False
+                scores = self._score(feats)
             top = self.torch.topk(scores, min(k, scores.shape[1]), dim=1)
             idx, val = top.indices.cpu().numpy(), top.values.float().cpu().numpy()  # .cpu() synchronises
         return idx, val
+
+    def _score_eager(self, feats: Features) -> Any:
+        if self.cached:
+            return self.model.score(self.model.encode_cached(feats.cache, feats.history), feats.candidates)
+        return self.model(feats.history, feats.candidates)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -162,5 +180,6 @@ class RankerStage:
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "weights": "untrained (random init): latency does not depend on the weights' values",
                 "model_config": asdict(self.config), "device_note": self.device_note,
-                "cached": self.cached, "history_len": self.history_len,
+                "cached": self.cached, "history_len": self.history_len, "dtype": self.dtype,
+                "compiled": self.compiled, "compile_note": self.compile_note,
                 **({"cache_shape": list(self.cache_shape), "vector_dtype": self.vector_dtype} if self.cached else {})}

@@ -246,3 +246,23 @@ def test_e2e_runs_the_cached_arms_and_the_cli_checks_them(workload, tmp_path: Pa
     assert res.exit_code == 2 and "whole number" in res.output
     res = runner.invoke(main, ["e2e", "--arm", "seqvault:laser", "--arm", "seqvault:laser"])
     assert res.exit_code == 2 and "twice" in res.output
+
+
+def test_bf16_and_compile_fallback_on_the_serving_path(workload, tmp_path: Path, monkeypatch) -> None:
+    """bf16 weights score the cached path; a torch.compile that fails falls back to eager with a note."""
+    import torch
+
+    def broken_compile(fn, **_kw):
+        def call(*_a, **_k):
+            raise RuntimeError("no compiler here")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    cfg = tiny(dtype="bf16", compiled=True, refresh_ops=100, window_s=0.5)
+    reads, bank = collect_reads(workload), candidate_bank(workload, cfg.candidates, seed=cfg.seed)
+    run, result, _ = run_arm(workload, "seqvault", "llatte", cfg, reads, bank, str(tmp_path / "s"), events=8)
+    assert result.completed and (result.topk >= 0).all()
+    assert run["ranker"]["dtype"] == "bf16" and run["ranker"]["compiled"] is False
+    assert "no compiler here" in run["ranker"]["compile_note"]
+    with pytest.raises(ValueError, match="dtype"):
+        tiny(dtype="fp8")

@@ -30,7 +30,7 @@ from seqvault.vectorcodec import (
     payload_bytes,
     row_checksums,
 )
-from seqvault.vectors import SLOTS_NAME, _checksums
+from seqvault.vectors import SLOTS_NAME, entry_checksums
 
 DIM = 8
 UIDS = np.arange(10, dtype=np.uint64)
@@ -151,7 +151,7 @@ def test_checksum_is_xxh64_and_the_compiled_kernel_agrees() -> None:
         rows = rng.integers(0, 256, (4, length + 5), dtype=np.uint8)
         want = [xxhash.xxh64_intdigest(r[:length].tobytes()) & 0xFFFFFFFF for r in rows]
         assert row_checksums(rows, length).tolist() == want
-        assert _checksums(rows, length).tolist() == want
+        assert entry_checksums(rows, length).tolist() == want
 
 
 @pytest.mark.parametrize("dtype", VECTOR_DTYPES)
@@ -162,7 +162,7 @@ def test_the_checksum_catches_every_flipped_bit(dtype: str) -> None:
     bit = np.arange(8 * covered)
     flips[bit, bit // 8] ^= (1 << (bit % 8)).astype(np.uint8)
     assert not checksums_ok(flips, DIM, dtype).any()
-    assert not checksums_ok(flips, DIM, dtype, checksum=_checksums).any()
+    assert not checksums_ok(flips, DIM, dtype, checksum=entry_checksums).any()
     with pytest.raises(CorruptionError, match="user 42"):  # a payload bit: the header still names the user
         decode_entries(flips[8 * HEADER_BYTES + 3], DIM, dtype)
 

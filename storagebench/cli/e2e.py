@@ -71,6 +71,10 @@ def _arm(value: str) -> Any:
               help="Size of the trained zstd dictionary.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (CUDA when torch.cuda.is_available(), else CPU), cpu, cuda or cuda:N.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="The model's weights and activations (bf16 pays off on a GPU; on this CPU it is slower).")
+@click.option("--compile", "compiled", is_flag=True,
+              help="torch.compile the scoring path (first requests compile; falls back to eager with a note).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="torch threads (default: the CPUs the ranker is pinned to).")
 @click.option("--search-s", type=click.FloatRange(min=0), default=45.0, show_default=True,
@@ -97,7 +101,8 @@ def _arm(value: str) -> Any:
               help="Writes OUT/e2e.json and OUT/hdr/<store>+<model>.<stage>.hlog.")
 def e2e(arms: tuple[str, ...], workload_dir: str | None, users: int, seed: int, seq_len: int, candidates: int,
         top_k: int, rate: float, warmup_s: float, window_s: float, budget_ms: float, max_batch: int,
-        max_wait_ms: float, wire_codec: str, dict_kib: int, device: str, threads: int | None, search_s: float,
+        max_wait_ms: float, wire_codec: str, dict_kib: int, device: str, dtype: str, compiled: bool,
+        threads: int | None, search_s: float,
         search_step_s: float, io: str, node_cpus: str, vector_dtype: str, refresh_every: int,
         refresh_on_conversion: bool, refresh_ops: int, keep_stores: bool, out_dir: str) -> None:
     """Replay a workload's ranking reads open loop: fetch each user's newest L events from a storage
@@ -147,7 +152,7 @@ def e2e(arms: tuple[str, ...], workload_dir: str | None, users: int, seed: int, 
                         wire_codec=wire_codec, dict_bytes=dict_kib << 10, device=device, search_s=search_s,
                         search_step_s=search_step_s, io=io, node_cpus=node, seed=seed, vector_dtype=vector_dtype,
                         refresh_every=refresh_every, refresh_on_conversion=refresh_on_conversion,
-                        refresh_ops=refresh_ops)
+                        refresh_ops=refresh_ops, dtype=dtype, compiled=compiled)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     labels = arm_labels(pairs, cfg)

@@ -88,6 +88,8 @@ class E2EConfig:
     refresh_every: int = 64      # refresh a summary K events behind ...
     refresh_on_conversion: bool = True  # ... or after a conversion
     refresh_ops: int = 20_000    # live operations replayed through the refresh job before the run (0: none)
+    dtype: str = "fp32"          # the model's weights and activations: fp32 or bf16
+    compiled: bool = False       # torch.compile the scoring path (falls back to eager if it cannot)
 
     def __post_init__(self) -> None:
         problems = [f"{k} must be >= 1" for k in ("seq_len", "candidates", "top_k", "max_batch")
@@ -102,6 +104,8 @@ class E2EConfig:
             problems.append("warmup_s, max_wait_ms and search_s must be >= 0")
         if self.vector_dtype not in ("fp16", "bf16", "int8"):
             problems.append(f"vector_dtype must be fp16, bf16 or int8, got {self.vector_dtype!r}")
+        if self.dtype not in ("fp32", "bf16"):
+            problems.append(f"dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.refresh_every < 0 or self.refresh_ops < 0:
             problems.append("refresh_every and refresh_ops must be >= 0")
         if not self.refresh_every and not self.refresh_on_conversion:
@@ -231,7 +235,8 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
         load_backfill(client, wl.iter_backfill(chunk_events=250_000), lambda done: report("load", done, None))
         codec = cfg.wire_codec if n_events else "raw"   # no events, nothing to compress
         ranker = RankerStage(model, n_events, wl.schema, fmt, codec, None, device=cfg.device,
-                             seed=cfg.seed, history_len=cfg.seq_len, vector_dtype=cfg.vector_dtype)
+                             seed=cfg.seed, history_len=cfg.seq_len, vector_dtype=cfg.vector_dtype,
+                             dtype=cfg.dtype, compiled=cfg.compiled)
         counts = backfill_counts(wl)
         covered: dict[int, int] = {}
         if cached:
