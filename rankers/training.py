@@ -48,6 +48,7 @@ class CTRArrays:
     time_field: str = "ts"
     side_fields: tuple[str, ...] = ("action", "scenario", "category")
     user_ids: np.ndarray | None = None       # [R] owner of each request, for inspection only
+    cand_time_ms: np.ndarray | None = None   # [R, C] when each candidate was shown, for inspection only
 
     def __post_init__(self) -> None:
         r = len(self.hist_start)
@@ -56,6 +57,9 @@ class CTRArrays:
                 f"CTRArrays: hist_start, hist_end, request_time_ms and labels need one row per request; "
                 f"got {len(self.hist_start)}, {len(self.hist_end)}, {len(self.request_time_ms)}, "
                 f"{len(self.labels)}")
+        if self.cand_time_ms is not None and self.cand_time_ms.shape != self.labels.shape:
+            raise ValueError(f"CTRArrays: cand_time_ms {self.cand_time_ms.shape} must have the labels' "
+                             f"[R, C] shape {self.labels.shape}")
         if self.cand_item_ids.shape != self.labels.shape:
             raise ValueError(f"CTRArrays: cand_item_ids {self.cand_item_ids.shape} and labels "
                              f"{self.labels.shape} must have the same [R, C] shape")
@@ -81,7 +85,8 @@ class CTRArrays:
             cand_side={k: v[rows] for k, v in self.cand_side.items()}, labels=self.labels[rows],
             max_len=self.max_len, item_field=self.item_field, time_field=self.time_field,
             side_fields=self.side_fields,
-            user_ids=None if self.user_ids is None else self.user_ids[rows])
+            user_ids=None if self.user_ids is None else self.user_ids[rows],
+            cand_time_ms=None if self.cand_time_ms is None else self.cand_time_ms[rows])
 
     def history_csr(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Histories of ``rows`` in the CSR form stores return: (offsets [b+1], columns).

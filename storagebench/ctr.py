@@ -3,9 +3,15 @@
 Each ranking request sits at the time of one of a user's clicks: the candidates are that click (and,
 with ``positives > 1``, the user's following clicks) as positives plus ``negatives`` items, each with
 its category: by default the user's own next impressions (exposures shown and not clicked, as a real
-CTR log has them), or items sampled by click popularity so far (``negatives_from="popularity"``). The request's history is the user's events *strictly before* the request time, newest
-``max_len`` of them, so nothing from the moment of the click or later leaks in. Requests are split by
-time like the paper (section 4.1.1): train on the earliest, validate on the next, test on the latest.
+CTR log has them), or items sampled by click popularity (``negatives_from="popularity"``). The
+request's history is the user's events *strictly before* the request time, newest ``max_len`` of them,
+so nothing from the moment of the click or later leaks in. Requests are split by time like the paper
+(section 4.1.1): train on the earliest, validate on the next, test on the latest.
+
+Two bounds keep the candidates honest (a real request's candidates are shown together, on one page):
+every candidate was shown within ``negative_window_ms`` (default 30 min) of the request, and inside the
+request's own split period, so no training request carries an item shown in the validation or test
+period. Requests that cannot fill their candidates within both bounds are dropped.
 Everything is vectorised NumPy and deterministic in the seed.
 """
 
@@ -34,6 +40,10 @@ class CTRTaskConfig:
     # "popularity": clicks of anyone before the request, by click popularity (an easier task, where the
     # current session's category alone separates most clicks).
     negatives_from: str = "exposures"
+    # Every candidate (the later positives and every negative) lies within this distance of the request
+    # time: exposures in [t, t + window], popularity draws from clicks in [t - window, t). None: no window
+    # (the split-period bound always holds).
+    negative_window_ms: int | None = 30 * 60 * 1000
     valid_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
@@ -50,6 +60,8 @@ class CTRTaskConfig:
         if self.max_len < 1 or self.requests_per_user < 1 or self.positives < 1 or self.negatives < 0:
             raise ValueError("CTRTaskConfig: max_len, requests_per_user and positives must be >= 1, "
                              "negatives >= 0")
+        if self.negative_window_ms is not None and self.negative_window_ms < 0:
+            raise ValueError(f"CTRTaskConfig: negative_window_ms={self.negative_window_ms} must be >= 0 or None")
         if self.negatives_from not in NEGATIVE_SOURCES:
             raise ValueError(f"CTRTaskConfig: negatives_from={self.negatives_from!r}; choose one of "
                              f"{NEGATIVE_SOURCES}")
@@ -70,8 +82,10 @@ class CTRSplits:
     train: CTRArrays
     valid: CTRArrays
     test: CTRArrays
-    valid_start_ms: int                # first request time of the valid split
-    test_start_ms: int                 # first request time of the test split
+    # Split periods: train [.., valid_start), valid [valid_start, test_start), test [test_start, ..).
+    # A split's requests and all their candidates lie in its period.
+    valid_start_ms: int
+    test_start_ms: int
     item_buckets: int                  # raw item ids fit in [0, item_buckets - 1) after the +1 shift
     side_buckets: dict[str, int]       # side field -> bucket count that holds every value (+1 shift)
     config: CTRTaskConfig
@@ -84,8 +98,32 @@ class CTRSplits:
             "valid_start_ms": self.valid_start_ms, "test_start_ms": self.test_start_ms,
             "item_buckets": self.item_buckets, "side_buckets": self.side_buckets,
             "positive_rate": float(np.mean(self.train.labels)) if len(self.train) else float("nan"),
+            "candidates": candidate_bounds(self),
             "config": asdict(self.config),
         }
+
+
+def candidate_bounds(splits: CTRSplits) -> dict:
+    """How far each negative lies from its request, and how many cross into another split's period."""
+    gaps, crossing = [], 0
+    ends = {"train": splits.valid_start_ms, "valid": splits.test_start_ms, "test": None}
+    starts = {"train": None, "valid": splits.valid_start_ms, "test": splits.test_start_ms}
+    for name in ("train", "valid", "test"):
+        data: CTRArrays = getattr(splits, name)
+        if data.cand_time_ms is None or not len(data):
+            continue
+        neg_t = data.cand_time_ms[data.labels == 0]
+        req_t = np.broadcast_to(data.request_time_ms[:, None], data.labels.shape)[data.labels == 0]
+        gaps.append(neg_t - req_t)
+        if ends[name] is not None:
+            crossing += int(np.sum(data.cand_time_ms >= ends[name]))
+        if starts[name] is not None:
+            crossing += int(np.sum(data.cand_time_ms < starts[name]))
+    gap = np.abs(np.concatenate(gaps)) if gaps else np.zeros(0)
+    quantiles = np.percentile(gap, [50, 90, 100]) / 1000 if len(gap) else [float("nan")] * 3
+    return {"window_ms": splits.config.negative_window_ms, "negative_gap_s_p50": float(quantiles[0]),
+            "negative_gap_s_p90": float(quantiles[1]), "negative_gap_s_max": float(quantiles[2]),
+            "candidates_outside_their_split": crossing}
 
 
 def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
@@ -123,16 +161,27 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
     rng = np.random.default_rng(cfg.seed)
     anchors = _pick_anchors(clicks, users, user_start, run_start, cfg, rng)  # positions in `clicks`
     pos_events = clicks[anchors[:, None] + np.arange(cfg.positives)]         # [R, P]
+    # Split periods come from the request times before any request is dropped, so a request's split
+    # (and with it the bound on its candidates) never depends on the candidates.
+    t_req = ts[pos_events[:, 0]] if len(pos_events) else np.zeros(0, dtype=np.int64)
+    valid_start, test_start = _split_starts(t_req, cfg)
+    split_of = np.searchsorted(np.array([valid_start, test_start]), t_req, side="right")  # 0 / 1 / 2
+    period_lo = np.array([np.iinfo(np.int64).min, valid_start, test_start])[split_of]
+    period_hi = np.array([valid_start, test_start, np.iinfo(np.int64).max])[split_of]       # exclusive
+    window = cfg.negative_window_ms
+    hi = period_hi if window is None else np.minimum(period_hi, t_req + window + 1)          # exclusive
+    lo = period_lo if window is None else np.maximum(period_lo, t_req - window)
     if cfg.negatives_from == "exposures":
         impressions = np.flatnonzero(~np.isin(action, click_codes))
-        neg_events, kept = _exposure_negatives(impressions, users, events[cfg.item_field], pos_events,
-                                               cfg.negatives)
+        neg_events, kept = _exposure_negatives(impressions, users, ts, events[cfg.item_field], pos_events,
+                                               hi, cfg.negatives)
     else:
-        neg_events, kept = _sample_negatives(clicks, ts, events[cfg.item_field], pos_events,
-                                             ts[pos_events[:, 0]], cfg.negatives, rng)
-    pos_events = pos_events[kept]
+        neg_events, kept = _sample_negatives(clicks, ts, events[cfg.item_field], pos_events, t_req, lo,
+                                             cfg.negatives, rng)
+    in_bounds = ts[pos_events[kept, -1]] < hi[kept]       # later positives obey the same bounds
+    neg_events, kept = neg_events[in_bounds], kept[in_bounds]
+    pos_events, split_of = pos_events[kept], split_of[kept]
     anchor_ev = pos_events[:, 0]
-    r = len(anchor_ev)
     cand_events = np.concatenate([pos_events, neg_events], axis=1)           # [R, C]
     labels = np.zeros(cand_events.shape, dtype=np.float32)
     labels[:, :cfg.positives] = 1.0
@@ -146,21 +195,15 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
         request_time_ms=ts[anchor_ev], cand_item_ids=events[cfg.item_field][cand_events],
         cand_side={f: events[f][cand_events] for f in cfg.candidate_side_fields}, labels=labels,
         max_len=cfg.max_len, item_field=cfg.item_field, time_field=cfg.time_field,
-        side_fields=tuple(cfg.side_fields), user_ids=users[anchor_ev])
+        side_fields=tuple(cfg.side_fields), user_ids=users[anchor_ev], cand_time_ms=ts[cand_events])
 
-    # Time split: sort by request time, cut at the requested shares, and move ties at a boundary to
-    # the later split so every train request is strictly earlier than every valid/test request.
+    # Each split's requests in time order; ties at a boundary went to the later split (_split_starts),
+    # so every train request is strictly earlier than every valid/test request.
     order = np.argsort(all_req.request_time_ms, kind="stable")
-    t_sorted = all_req.request_time_ms[order]
-    cut_valid = _cut(t_sorted, 1.0 - cfg.valid_fraction - cfg.test_fraction)
-    cut_test = max(cut_valid, _cut(t_sorted, 1.0 - cfg.test_fraction))
-    splits = [all_req.subset(order[a:b]) for a, b in ((0, cut_valid), (cut_valid, cut_test), (cut_test, r))]
-
+    splits = [all_req.subset(order[split_of[order] == k]) for k in range(3)]
     side_buckets = {f: int(events[f].max(initial=0)) + 2 for f in cfg.side_fields}
     return CTRSplits(
-        train=splits[0], valid=splits[1], test=splits[2],
-        valid_start_ms=int(t_sorted[cut_valid]) if cut_valid < r else 0,
-        test_start_ms=int(t_sorted[cut_test]) if cut_test < r else 0,
+        train=splits[0], valid=splits[1], test=splits[2], valid_start_ms=valid_start, test_start_ms=test_start,
         item_buckets=int(events[cfg.item_field].max(initial=0)) + 2, side_buckets=side_buckets, config=cfg)
 
 
@@ -230,38 +273,40 @@ def _pick_anchors(clicks: np.ndarray, users: np.ndarray, user_start: np.ndarray,
 
 
 def _sample_negatives(clicks: np.ndarray, ts: np.ndarray, item_ids: np.ndarray, pos_events: np.ndarray,
-                      request_time_ms: np.ndarray, k: int, rng: np.random.Generator,
+                      request_time_ms: np.ndarray, earliest_ms: np.ndarray, k: int, rng: np.random.Generator,
                       max_redraws: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` negatives per request drawn uniformly from the clicks (of anyone) strictly before the request
-    time -- items by their click popularity so far -- re-drawing any whose item is one of the request's
+    """``k`` negatives per request drawn uniformly from the clicks (of anyone) in ``[earliest_ms, request
+    time)`` -- items by their recent click popularity -- re-drawing any whose item is one of the request's
     positives. Drawing only from the past keeps later clicks (the test period's positives) out of the
-    training negatives. Returns (negatives [R', k], kept request rows): requests with no earlier click
-    anywhere are dropped."""
+    training negatives. Returns (negatives [R', k], kept request rows): requests with no click in their
+    range are dropped."""
     by_time = clicks[np.argsort(ts[clicks], kind="stable")]
+    first = np.searchsorted(ts[by_time], earliest_ms, side="left")
     n_before = np.searchsorted(ts[by_time], request_time_ms, side="left")
-    keep = np.flatnonzero(n_before > 0)
+    keep = np.flatnonzero(n_before > first)
     r = len(keep)
     if k == 0 or r == 0:
         return np.empty((r, k), dtype=np.int64), keep
-    limit = n_before[keep][:, None]
-    neg = by_time[(rng.random((r, k)) * limit).astype(np.int64)]
+    lo, span = first[keep][:, None], (n_before - first)[keep][:, None]
+    neg = by_time[lo + (rng.random((r, k)) * span).astype(np.int64)]
     pos_items = item_ids[pos_events[keep]]
     for _ in range(max_redraws):
         clash = (item_ids[neg][:, :, None] == pos_items[:, None, :]).any(axis=2)
         if not clash.any():
             break
         rows = np.nonzero(clash)[0]
-        neg[clash] = by_time[(rng.random(len(rows)) * limit[rows, 0]).astype(np.int64)]
-    return neg, keep
+        neg[clash] = by_time[lo[rows, 0] + (rng.random(len(rows)) * span[rows, 0]).astype(np.int64)]
+    clash = (item_ids[neg][:, :, None] == pos_items[:, None, :]).any(axis=(1, 2))
+    return neg[~clash], keep[~clash]
 
 
-def _exposure_negatives(impressions: np.ndarray, users: np.ndarray, item_ids: np.ndarray,
-                        pos_events: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _exposure_negatives(impressions: np.ndarray, users: np.ndarray, ts: np.ndarray, item_ids: np.ndarray,
+                        pos_events: np.ndarray, before_ms: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` impressions of the same user that follow each request's first positive (events sorted
     by user, time): what the feed showed around the click and was not clicked. They come after the
     history's end, so none is in the request's history. Returns (negatives [R', k], kept request rows):
-    requests whose user has fewer than ``k`` later impressions, or whose negatives repeat a positive's
-    item, are dropped."""
+    requests whose user has fewer than ``k`` later impressions shown before ``before_ms`` (the window
+    and split bound), or whose negatives repeat a positive's item, are dropped."""
     r = len(pos_events)
     if k == 0 or r == 0:
         return np.empty((r, k), dtype=np.int64), np.arange(r, dtype=np.int64)
@@ -270,9 +315,24 @@ def _exposure_negatives(impressions: np.ndarray, users: np.ndarray, item_ids: np
     slots = np.minimum(first[:, None] + np.arange(k), max(len(impressions) - 1, 0))
     neg = impressions[slots] if len(impressions) else np.zeros((r, k), dtype=np.int64)
     ok &= (users[neg] == users[pos_events[:, :1]]).all(axis=1)
+    ok &= ts[neg[:, -1]] < before_ms                   # the newest negative is the latest one
     ok &= ~(item_ids[neg][:, :, None] == item_ids[pos_events][:, None, :]).any(axis=(1, 2))
     keep = np.flatnonzero(ok)
     return neg[keep], keep
+
+
+def _split_starts(request_time_ms: np.ndarray, cfg: CTRTaskConfig) -> tuple[int, int]:
+    """(valid_start, test_start): the period boundaries at the configured shares of request times, ties
+    at a boundary moved to the later split. A split with no requests starts after the last one."""
+    t_sorted = np.sort(request_time_ms)
+    n = len(t_sorted)
+    if n == 0:
+        return 0, 0
+    cut_valid = _cut(t_sorted, 1.0 - cfg.valid_fraction - cfg.test_fraction)
+    cut_test = max(cut_valid, _cut(t_sorted, 1.0 - cfg.test_fraction))
+    after_all = int(t_sorted[-1]) + 1
+    return (int(t_sorted[cut_valid]) if cut_valid < n else after_all,
+            int(t_sorted[cut_test]) if cut_test < n else after_all)
 
 
 def _cut(sorted_times: np.ndarray, share: float) -> int:

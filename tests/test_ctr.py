@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rankers.training import make_batch
-from storagebench.ctr import CTRSplits, CTRTaskConfig, build_ctr_task
+from storagebench.ctr import NEGATIVE_SOURCES, CTRSplits, CTRTaskConfig, build_ctr_task
 
 CLICK, VIEW = 2, 1
 
@@ -80,7 +80,8 @@ def test_time_split_puts_every_train_request_before_valid_before_test(task) -> N
     splits, _, _ = task
     tr, va, te = splits.train.request_time_ms, splits.valid.request_time_ms, splits.test.request_time_ms
     assert tr.max() < va.min() and va.max() < te.min()
-    assert splits.valid_start_ms == va.min() and splits.test_start_ms == te.min()
+    # Each split's requests lie in its period [start, next start).
+    assert tr.max() < splits.valid_start_ms <= va.min() and va.max() < splits.test_start_ms <= te.min()
     total = len(tr) + len(va) + len(te)
     assert abs(len(te) / total - CFG.test_fraction) < 0.08
     assert abs(len(va) / total - CFG.valid_fraction) < 0.08
@@ -165,6 +166,95 @@ def test_popularity_negatives_are_clicks_from_before_the_request() -> None:
                 earliest[int(item)] = cols["ts"][m].min()
             assert all(t < data.request_time_ms[i] for t in earliest.values())
     assert click_ts.min() < splits.train.request_time_ms.min()
+
+
+def session_events(n_users: int = 60, sessions: int = 12, per_session: int = 8, seed: int = 0
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Bursts of events 5-60 s apart, sessions hours apart, users interleaved over two weeks: the next
+    impression after a session's last click is often hours away, in a later session."""
+    rng = np.random.default_rng(seed)
+    n = sessions * per_session
+    users = np.repeat(np.arange(n_users, dtype=np.uint64), n)
+    session_start = np.cumsum(rng.integers(1, 48, size=(n_users, sessions)) * 3_600_000, axis=1)
+    within = np.cumsum(rng.integers(5_000, 60_000, size=(n_users, sessions, per_session)), axis=2)
+    ts = (10**12 + session_start[:, :, None] + within).reshape(-1)
+    cols = {"item_id": rng.integers(0, 10_000, size=users.size), "ts": ts,
+            "action": np.where(rng.random(users.size) < 0.25, CLICK, VIEW),
+            "scenario": rng.integers(0, 3, size=users.size), "category": rng.integers(0, 20, size=users.size)}
+    return users, cols
+
+
+def check_candidate_bounds(splits: CTRSplits, window_ms: int | None, source: str) -> int:
+    """Assert every candidate lies in its request's split period (and window); return the count checked."""
+    periods = {"train": (None, splits.valid_start_ms), "valid": (splits.valid_start_ms, splits.test_start_ms),
+               "test": (splits.test_start_ms, None)}
+    checked = 0
+    for name, (lo, hi) in periods.items():
+        data = getattr(splits, name)
+        t, req = data.cand_time_ms, data.request_time_ms[:, None]
+        if lo is not None:
+            assert (t >= lo).all(), f"{name}: a candidate shown before its split began"
+        if hi is not None:
+            assert (t < hi).all(), f"{name}: a candidate shown in a later split's period"
+        neg = data.labels == 0
+        if window_ms is not None:
+            assert (np.abs(t - req) <= window_ms).all(), f"{name}: a candidate outside the window"
+        if source == "exposures":
+            assert (t[neg] >= np.broadcast_to(req, t.shape)[neg]).all()      # shown at or after the click
+        else:
+            assert (t[neg] < np.broadcast_to(req, t.shape)[neg]).all()       # clicked before the request
+        checked += int(neg.sum())
+    assert splits.describe()["candidates"]["candidates_outside_their_split"] == 0
+    return checked
+
+
+@pytest.mark.parametrize("source", NEGATIVE_SOURCES)
+def test_candidates_stay_within_the_window_and_their_split_period(source: str) -> None:
+    users, cols = session_events()
+    cfg = CTRTaskConfig(max_len=32, requests_per_user=12, negatives=3, click_actions=(CLICK,),
+                        negatives_from=source, negative_window_ms=30 * 60_000, positives=1)
+    assert check_candidate_bounds(build_ctr_task(users, cols, cfg), cfg.negative_window_ms, source) > 300
+    # The bounds bind on this data: without the window, negatives hours away come in, yet the split
+    # bound still holds.
+    loose = build_ctr_task(users, cols, replace(cfg, negative_window_ms=None))
+    check_candidate_bounds(loose, None, source)
+    assert loose.describe()["candidates"]["negative_gap_s_max"] > 3600
+
+
+def test_later_positives_obey_the_bounds_too() -> None:
+    users, cols = session_events(seed=2)
+    cfg = CTRTaskConfig(max_len=32, requests_per_user=12, positives=2, negatives=2, click_actions=(CLICK,))
+    splits = build_ctr_task(users, cols, cfg)
+    check_candidate_bounds(splits, cfg.negative_window_ms, "exposures")
+    assert len(splits.train) > 20
+
+
+def test_a_request_whose_impressions_lie_beyond_the_window_or_split_is_dropped() -> None:
+    minute = 60_000
+    t0 = 10**12
+    # User 1: a click at t0 + 60 min, impressions 10 min and 2 h later. User 2's click at +100 h starts
+    # the test period; user 3's click at +50 h is a training one whose only impression (+100 h 2 min)
+    # lies in the test period.
+    users = np.array([1, 1, 1, 1, 2, 2, 3, 3], dtype=np.uint64)
+    ts = np.array([t0, t0 + 60 * minute, t0 + 70 * minute, t0 + 180 * minute,
+                   t0 + 6000 * minute, t0 + 6001 * minute, t0 + 3000 * minute, t0 + 6002 * minute])
+    action = np.array([VIEW, CLICK, VIEW, VIEW, CLICK, VIEW, CLICK, VIEW])
+    cols = {"item_id": np.arange(8) + 100, "ts": ts, "action": action, "scenario": np.zeros(8, np.int64),
+            "category": np.arange(8)}
+    base = CTRTaskConfig(max_len=8, requests_per_user=4, negatives=1, click_actions=(CLICK,), min_history=0,
+                         valid_fraction=0.0, test_fraction=0.34)
+    one = build_ctr_task(users, cols, base)
+    assert one.test_start_ms == t0 + 6000 * minute
+    train_items = sorted(one.train.cand_item_ids.ravel().tolist())
+    assert train_items == [101, 102]                 # user 1's click and the impression 10 min later
+    assert one.test.cand_item_ids.ravel().tolist() in ([104, 105], [105, 104])
+    # User 1 needs a second negative with k=2, but the next impression is 2 h away: dropped.
+    assert build_ctr_task(users, cols, replace(base, negatives=2)).train.cand_item_ids.size == 0
+    loose = build_ctr_task(users, cols, replace(base, negative_window_ms=None))
+    # Without the window user 1 keeps its request; user 3's still crosses into the test period.
+    assert sorted(loose.train.cand_item_ids.ravel().tolist()) == [101, 102]
+    assert sorted(build_ctr_task(users, cols, replace(base, negative_window_ms=None, negatives=2)
+                                 ).train.cand_item_ids.ravel().tolist()) == [101, 102, 103]
 
 
 # -- planted long-range signal, end to end with the real models ----------------------------------
