@@ -25,7 +25,7 @@ import numpy as np
 
 from seqvault import jobs, records, recovery
 from seqvault.datafile import DataFile
-from seqvault.errors import SeqVaultError
+from seqvault.errors import CorruptionError, SeqVaultError
 from seqvault.fs import OS, FileSystem, IoGuard
 from seqvault.index import HashIndex
 from seqvault.killpoints import kill_point
@@ -120,6 +120,11 @@ class SeqVault:
                     st.active.add(*decode_append(payload, self.schema))
                 elif kind == KIND_DELETE:
                     self._apply_delete(decode_delete(payload))
+                else:   # an intact record of another log's kind (the vector table's): not ours
+                    raise CorruptionError(
+                        f"{directory}: the sequence log holds a record of kind {kind}, which only the "
+                        f"vector table's own log may hold; the directory's logs were mixed up: restore "
+                        f"it from a backup")
             st.wal = WriteAheadLog(directory, wal_state.last_segment, self._io, first_segment=manifest.wal_start)
             if salvage and wal_state.dropped:
                 jobs.merge(st, checkpoint=True)  # commit what was kept: the damaged segments go

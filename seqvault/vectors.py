@@ -140,7 +140,8 @@ class VectorTable:
         self._io, self._lock_fd = io, lock_fd
         self._lock = threading.RLock()
         self._closed = False
-        self._puts = self._stale = self._flushes = 0
+        self._puts = self._stale = self._flushes = self._flush_failures = 0
+        self._last_flush_error: str | None = None
         self._buffer = _UpdateBuffer(self.entry_bytes)
         self._next_slot = 0
         self._wal: WriteAheadLog | None = None
@@ -253,7 +254,15 @@ class VectorTable:
         if sync:
             self._wal.sync(lsn)
         if full:
-            self.flush()
+            # The batch is logged and applied: it is stored whatever the flush does, so a failed
+            # background flush must not make the caller retry (a retry would be ignored as stale).
+            # The entries stay buffered; stats() reports the failure and an explicit flush() raises it.
+            try:
+                self.flush()
+            except SeqVaultError as e:
+                with self._lock:
+                    self._flush_failures += 1
+                    self._last_flush_error = str(e)
         return len(newer)
 
     def _apply(self, uids: np.ndarray, versions: np.ndarray, slots: np.ndarray, entries: np.ndarray | None) -> None:
@@ -281,6 +290,7 @@ class VectorTable:
             self._wal.drop_segments(self._wal.rotate())
             self._buffer.clear()
             self._flushes += 1
+            self._last_flush_error = None
 
     # -- reading ----------------------------------------------------------------------------------
     def get_entries(self, user_ids: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -358,6 +368,7 @@ class VectorTable:
                 "index_bytes_per_user": self.index.nbytes / users if users else None,
                 "buffered_entries": len(self._buffer), "buffer_bytes": self._buffer.nbytes,
                 "puts": self._puts, "stale_puts_ignored": self._stale, "flushes": self._flushes,
+                "flush_failures": self._flush_failures, "last_flush_error": self._last_flush_error,
                 "failure": self._io.failure,
             }
 

@@ -622,6 +622,9 @@ class NodeClient:
         if code == p.FETCH_CACHED:
             events, enc_ns = p.decode_counts(body)
             k = p.decode_u32(body, 16)
+            if len(body) < 20 + k:
+                raise p.ProtocolError(f"fetch_cached reply announces a {k}-byte vector entry but carries "
+                                      f"{len(body) - 20}; the node and client disagree on the protocol")
             entry = bytes(body[20 : 20 + k]) if k else None
             return bytes(body[20 + k :]), events, enc_ns, entry
         if code == p.VECTOR_PUT:

@@ -246,6 +246,9 @@ def test_e2e_runs_the_cached_arms_and_the_cli_checks_them(workload, tmp_path: Pa
     assert res.exit_code == 2 and "whole number" in res.output
     res = runner.invoke(main, ["e2e", "--arm", "seqvault:laser", "--arm", "seqvault:laser"])
     assert res.exit_code == 2 and "twice" in res.output
+    res = runner.invoke(main, ["e2e", "--arm", "seqvault:llatte:0"])     # refused before any load
+    assert res.exit_code == 2 and "N must be >= 1 for llatte" in res.output
+    assert runner.invoke(main, ["e2e", "--arm", "seqvault:vista:0", "--help"]).exit_code == 0
 
 
 def test_bf16_and_compile_fallback_on_the_serving_path(workload, tmp_path: Path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from seqvault import Field, MergePolicy, Schema, SchemaError, SeqVault, SeqVaultError
+from seqvault import CorruptionError, Field, MergePolicy, Schema, SchemaError, SeqVault, SeqVaultError
 from seqvault.buffer import UpdateBuffer
 from seqvault.fs import OS, IoGuard
 from seqvault.seqmerge import _ranges, csr_take, newest_per_group, overlay_buffered
@@ -151,6 +151,19 @@ def test_wal_scan_stops_at_torn_record(tmp_path: Path) -> None:
     scan = scan_segment(path)
     assert [len(p) for _, p, _ in scan.records] == [10, 11, 12]
     assert scan.valid_end == ends[2] and scan.torn
+
+
+def test_a_vector_record_in_the_sequence_log_is_refused_on_open(tmp_path: Path) -> None:
+    from seqvault.wal import KIND_VECTORS
+
+    with SeqVault.open(tmp_path / "s", schema=SCHEMA) as sv:
+        sv.append([1], cols([1]), sync=True)
+    last = max(int(p.stem.split("-")[1]) for p in (tmp_path / "s").glob("wal-*.log"))
+    wal = WriteAheadLog(tmp_path / "s", last + 1, IoGuard(OS, tmp_path / "s"))
+    wal.append(KIND_VECTORS, [b"\0" * 32])
+    wal.close()
+    with pytest.raises(CorruptionError, match="kind 3"):
+        SeqVault.open(tmp_path / "s", schema=SCHEMA)
 
 
 def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

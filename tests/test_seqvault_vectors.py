@@ -419,6 +419,29 @@ def test_a_failed_slot_fsync_fail_stops_and_loses_nothing_acknowledged(tmp_path:
             3: (1, stored("fp16", vec(4)).tobytes())}
 
 
+def test_a_put_whose_automatic_flush_fails_still_reports_what_it_stored(tmp_path: Path) -> None:
+    import errno
+
+    path = tmp_path / "v"
+    disk = SimulatedDisk(path)
+    t = VectorTable.open(path, DIM, "fp16", fs=disk, buffer_bytes=1)   # every put flushes
+    disk.inject("pwrite", path_contains=SLOTS_NAME, errno=errno.ENOSPC, repeat=True)
+    assert t.put([7], [1], vec(7)[None, :]) == 1          # logged and applied: acknowledged
+    assert t.put([7], [1], vec(7)[None, :]) == 0          # so a retry is (rightly) stale
+    stats = t.stats()
+    assert stats["flush_failures"] == 1 and "No space left" in stats["last_flush_error"]
+    assert stats["buffered_entries"] == 1
+    with pytest.raises(SeqVaultError, match="stay buffered"):
+        t.flush()
+    disk.clear_faults()
+    t.flush()
+    assert t.stats()["last_flush_error"] is None and t.stats()["buffered_entries"] == 0
+    t.close()
+    disk.power_loss()
+    with VectorTable.open(path, DIM, "fp16") as t:
+        assert state(t, np.arange(8, dtype=np.uint64)) == {7: (1, stored("fp16", vec(7)).tobytes())}
+
+
 # -- torn and corrupt slots -------------------------------------------------------------------------
 def _flushed_table(path: Path, n: int = 5) -> None:
     with VectorTable.open(path, DIM, "fp16") as t:

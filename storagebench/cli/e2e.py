@@ -29,7 +29,10 @@ def _arm(value: str) -> Any:
             raise click.BadParameter(f"{value!r}: N (events read per request) must be a whole number >= 0",
                                      param_hint="--arm")
         events = int(parts[2])
-    return Arm(parts[0], parts[1], events)
+    try:
+        return Arm(parts[0], parts[1], events)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--arm") from e
 
 
 @click.command("e2e")

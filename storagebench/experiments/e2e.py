@@ -36,6 +36,8 @@ from storagebench.replay import write_interval_log
 from storagebench.results import write_json
 from workloads import OP_READ
 
+ZERO_EVENT_MODELS: tuple[str, ...] = ("vista",)
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -44,6 +46,13 @@ class Arm:
     store: str
     model: str
     events: int | None = None
+
+    def __post_init__(self) -> None:
+        # Only a model that can score from its cached summary alone reads no events; refuse N=0 for the
+        # others here, before a backfill is loaded for an arm that cannot run.
+        if self.events is not None and (self.events < 0 or (self.events == 0 and self.model not in ZERO_EVENT_MODELS)):
+            raise ValueError(f"arm {self.store}:{self.model}:{self.events}: N must be >= 1 for {self.model} "
+                             f"(only {', '.join(ZERO_EVENT_MODELS)} can score from the cached summary alone, N=0)")
 
     @property
     def label(self) -> str:
