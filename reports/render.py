@@ -341,7 +341,7 @@ def _models_section(results: ResultSet) -> dict[str, Any]:
         if res.data.get("complete") is False:
             results.problems.append(f"{res.path} is incomplete (some training runs have not finished); "
                                     f"finish it with storagebench paper-tables --resume")
-        for key in ("table2", "table3", "table4"):
+        for key in ("heuristics", "table2", "table3", "table4"):
             table = _scalar_table(f"{key} ({res.label})", t.get(key) if isinstance(t.get(key), list) else [])
             if table:
                 tables.append(table)

@@ -336,6 +336,10 @@ def test_train_command_writes_train_json(stand_in, tmp_path) -> None:  # type: i
     assert report["kind"] == "train" and report["model"] == "din"
     assert 0.0 <= report["test"]["auc"] <= 1.0 and report["test"]["logloss"] > 0
     assert report["task"]["requests"]["train"] > 0 and "test AUC" in res.output
+    assert set(report["heuristics"]) == {"category_share", "recent_category_count", "category_ctr"}
+    best = max(h["auc"] for h in report["heuristics"].values())
+    assert report["beats_best_heuristic"] == (report["test"]["auc"] > best) and "training-free floors" in res.output
+    assert report["task"]["candidates"]["candidates_outside_their_split"] == 0
 
 
 def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -345,8 +349,8 @@ def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> N
 
     from storagebench.cli import main
 
-    args = ["paper-tables", "--tables", "3,4", "--seq-len", "40", "--epochs", "1", "--d", "8",
-            "--max-users", "20", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]
+    args = ["paper-tables", "--tables", "3,4", "--seq-len", "40", "--epochs", "1", "--d", "8", "--seeds", "1",
+            "--lr-grid", "1e-2", "--max-users", "20", "--device", "cpu", "--no-progress", "--out", str(tmp_path)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "paper_tables.json").read_text())
@@ -360,31 +364,54 @@ def test_paper_tables_command_writes_tables_and_resumes(stand_in, tmp_path) -> N
     rel = [r["relative_flops_paper_setting"] for r in t4]
     assert rel[1] == pytest.approx(1.0) and rel[0] > 1.0 > rel[2]
     res2 = CliRunner().invoke(main, [*args, "--resume"])
-    assert res2.exit_code == 0 and "8 finished runs reused" in res2.output
+    assert res2.exit_code == 0 and "8 finished trainings reused" in res2.output
 
 
-def test_paper_tables_repeats_report_mean_and_seed_spread(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_paper_tables_picks_each_rate_on_validation_and_reports_seed_mean_and_se(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
     from click.testing import CliRunner
 
     from storagebench.cli import main
 
-    res = CliRunner().invoke(main, ["paper-tables", "--tables", "2", "--seq-len", "16", "--epochs", "1", "--d", "8",
-                                    "--max-users", "12", "--repeats", "2", "--device", "cpu", "--no-progress",
+    res = CliRunner().invoke(main, ["paper-tables", "--tables", "2", "--seq-len", "16", "--twin-len", "64",
+                                    "--epochs", "1", "--d", "8", "--max-users", "12", "--seeds", "2",
+                                    "--lr-grid", "1e-3,3e-2", "--jobs", "2", "--device", "cpu", "--no-progress",
                                     "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "paper_tables.json").read_text())
     assert [r["model"] for r in report["tables"]["table2"]] == ["base", "din", "twin", "hstu", "transformer", "laser"]
-    for run in report["runs"].values():
+    assert len(report["trials"]) == 6 * (2 + 1)
+    for key, run in report["runs"].items():
+        by_lr = {float(k): v for k, v in run["valid_auc_by_lr"].items()}
+        assert run["lr"] == max(sorted(by_lr), key=lambda g: by_lr[g])      # chosen on validation
         aucs = run["test"]["auc_by_seed"]
-        assert len(aucs) == 2 and len(run["repeats"]) == 2
+        assert len(aucs) == 2 and run["trainings"] == 3
+        assert [r["seed"] for r in run["repeats"]] == [0, 1]
+        assert report["trials"][f"{key}|lr={run['lr']:g}|seed=1"]["test"]["auc"] == aucs[1]
         assert run["test"]["auc"] == pytest.approx(np.mean(aucs))
-        assert run["test"]["auc_seed_std"] == pytest.approx(np.std(aucs, ddof=1))
+        assert run["test"]["auc_se"] == pytest.approx(np.std(aucs, ddof=1) / np.sqrt(2))
+    assert report["runs"]["twin"]["config"]["max_len"] == 64                 # TWIN reads the lifelong history
     base = report["runs"]["base"]["test"]["auc"]
+    floor = max(h["auc"] for h in report["heuristics"].values())
     for row in report["tables"]["table2"][1:]:
         assert row["auc_gain_pts"] == pytest.approx((row["auc"] - base) * 100)
         assert row["flops_paper_setting"] > 0 and row["flops"] > 0
+        assert row["beats_best_heuristic"] == (row["auc"] > floor)
+    assert {r["heuristic"] for r in report["tables"]["heuristics"]} == set(report["heuristics"])
+    goal = report["tables"]["goal"]["laser_vs_transformer"]
+    assert goal["auc_diff"] == pytest.approx(report["runs"]["laser"]["test"]["auc"]
+                                             - report["runs"]["transformer"]["test"]["auc"])
+    assert "floors" in res.output or "floor" in res.output
+
+
+def test_paper_tables_refuses_a_bad_rate_grid(stand_in, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from storagebench.cli import main
+
+    res = CliRunner().invoke(main, ["paper-tables", "--lr-grid", "fast", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "positive learning rates" in res.output
 
 
 def test_auc_standard_error_matches_hanley_mcneil() -> None:

@@ -6,6 +6,7 @@ import ast
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def set_threads(threads: int | None) -> None:
 
 def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int | None,
                requests_per_user: int, negatives: int, seed: int,
-               negatives_from: str = "exposures") -> CTRSplits:
+               negatives_from: str = "exposures", negative_window_ms: int | None = 30 * 60_000) -> CTRSplits:
     """Load or generate the workload and build its CTR task (announced on the terminal)."""
     from storagebench.ctr import ctr_task_from_workload, load_workload
 
@@ -57,12 +58,14 @@ def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int
     click.echo(f"building the CTR task from {source} ...", err=True)
     wl = load_workload(workload, scale, seed)
     cfg = CTRTaskConfig(max_len=seq_len, requests_per_user=requests_per_user, negatives=negatives, seed=seed,
-                        negatives_from=negatives_from)
+                        negatives_from=negatives_from, negative_window_ms=negative_window_ms)
     splits = ctr_task_from_workload(wl, cfg, max_users=max_users)
     d = splits.describe()
     click.echo(f"requests train/valid/test = {d['requests']['train']}/{d['requests']['valid']}/"
                f"{d['requests']['test']}, {d['candidates_per_request']} candidates each, "
-               f"{d['events']} events", err=True)
+               f"{d['events']} events; negatives {d['candidates']['negative_gap_s_p50']:.0f} s from the click "
+               f"at the median (max {d['candidates']['negative_gap_s_max']:.0f} s), "
+               f"{d['candidates']['candidates_outside_their_split']} outside their split", err=True)
     if min(len(splits.train), len(splits.test)) == 0:
         raise click.ClickException("the CTR task has no training or no test requests: use a larger workload "
                                    "or more --max-users / --requests-per-user")
@@ -93,10 +96,13 @@ def train_one(name: str, splits: CTRSplits, overrides: dict[str, Any], *, epochs
         model = build_model(name, **{**model_shape(splits), **overrides})
     except (TypeError, ValueError) as e:
         raise click.ClickException(f"cannot build model {name!r} with {overrides}: {e}") from e
-    result = fit(model, splits.train, splits.valid, epochs=epochs, batch_size=batch_size, lr=lr,
+    # A model that reads more than the task's L (TWIN's lifelong search) gets windows that long.
+    train, valid, test_split = (replace(x, max_len=model.config.max_len) for x in (splits.train, splits.valid,
+                                                                                    splits.test))
+    result = fit(model, train, valid, epochs=epochs, batch_size=batch_size, lr=lr,
                  device=device, progress=progress, seed=seed)
-    test = evaluate(model, splits.test, result.device)
-    return {"model": name, "overrides": overrides, "config": jsonable(vars(model.config)),
+    test = evaluate(model, test_split, result.device)
+    return {"model": name, "overrides": overrides, "config": jsonable(vars(model.config)), "lr": lr,
             "test": test, **result.to_dict()}
 
 
@@ -110,8 +116,9 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def task_options(max_users: int | None = None) -> Any:
-    """Options shared by ``train`` and ``paper-tables``: where the data comes from and how it is cut."""
+def task_options(max_users: int | None = None, learning_rate: bool = True) -> Any:
+    """Options shared by ``train`` and ``paper-tables``: where the data comes from and how it is cut
+    (``learning_rate=False`` leaves out --lr, for a command that searches rates itself)."""
     opts = [
         click.option("--workload", "workload", type=click.Path(exists=True, file_okay=False),
                      help="A stored workload directory (from `storagebench workload generate`)."),
@@ -128,17 +135,21 @@ def task_options(max_users: int | None = None) -> Any:
                      help="exposures: the user's own next impressions after the click (shown, not clicked, "
                           "as in a real CTR log); popularity: anyone's earlier clicks, by popularity (an "
                           "easier task that the current session's category mostly decides)."),
+        click.option("--negative-window-min", type=click.FloatRange(min=0), default=30.0, show_default=True,
+                     help="Every candidate was shown within this many minutes of the click (0: no window). "
+                          "Candidates never come from another split's period either way."),
         click.option("--item-buckets", type=click.IntRange(min=1), default=None,
                      help="Item-id embedding rows (ids are hashed into them); 1 turns item ids off. Default: "
                           "1 for a generated preset, whose clicks depend on an item's category and never on "
-                          "the item itself, so an id embedding can only memorise noise (measured: DIN test "
-                          "AUC 0.573 with ids, 0.614 without); with --workload, the id range up to 200,000."),
+                          "the item itself, so an id embedding can only memorise noise (compare with "
+                          "--item-buckets 100000); with --workload, the id range up to 200,000."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Seed for the workload, the sampling and the model initialisation."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="auto uses the GPU when there is one and falls back to the CPU."),
         click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Requests per step."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True, help="Adam learning rate."),
+        *([click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
+                        help="Adam learning rate.")] if learning_rate else []),
         click.option("--d", "d", type=click.IntRange(min=2), default=32, show_default=True, help="Embedding width."),
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Torch CPU threads. 1 suits the small default models and a busy shared machine "
@@ -163,26 +174,36 @@ def task_options(max_users: int | None = None) -> Any:
               help="Directory for train.json.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(model_name: str, workload: str | None, scale: str, max_users: int | None, requests_per_user: int,
-          negatives: int, negatives_from: str, item_buckets: int | None, seed: int, device: str, batch_size: int,
-          lr: float, d: int, threads: int | None, seq_len: int, epochs: int, sets: tuple[str, ...], out: str, no_progress: bool) -> None:
+          negatives: int, negatives_from: str, negative_window_min: float, item_buckets: int | None, seed: int,
+          device: str, batch_size: int, lr: float, d: int, threads: int | None, seq_len: int, epochs: int,
+          sets: tuple[str, ...], out: str, no_progress: bool) -> None:
     """Train a ranking model on a CTR task built from a workload and report AUC and log loss.
 
     Requests sit at users' clicks: the click is the positive, NEGATIVES items the negatives (see
     --negatives-from), and the history is the user's events strictly before the click (newest SEQ_LEN).
     Requests are split by time (70% train, 10% valid, 20% test); the weights of the epoch with the
-    best validation AUC are kept and scored on the test split. Writes OUT/train.json.
+    best validation AUC are kept and scored on the test split, beside training-free floors (category
+    share, recent category count, category CTR); a model that does not beat the best is flagged.
+    Writes OUT/train.json.
     """
     check_device(device)
     set_threads(threads)
     overrides = {"d": d, **item_bucket_overrides(item_buckets, workload), **parse_overrides(sets)}
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed,
-                        negatives_from=negatives_from)
+                        negatives_from=negatives_from,
+                        negative_window_ms=None if negative_window_min <= 0 else int(negative_window_min * 60_000))
+    from storagebench.cli.paper_tables import score_heuristics
+
+    heuristics = score_heuristics(splits)
     t0 = time.perf_counter()
     run = train_one(model_name, splits, overrides, epochs=epochs, batch_size=batch_size, lr=lr,
                     device=device, seed=seed, progress=not no_progress)
+    best = max(heuristics, key=lambda h: heuristics[h]["auc"])
+    beats = run["test"]["auc"] > heuristics[best]["auc"]
     report = {"kind": "train", "created_unix": time.time(), "machine": platform.node(),
               "source": workload or f"preset:{scale}", "task": jsonable(splits.describe()),
+              "heuristics": heuristics, "best_heuristic": best, "beats_best_heuristic": beats,
               "seconds_total": time.perf_counter() - t0, **run}
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
@@ -190,3 +211,6 @@ def train(model_name: str, workload: str | None, scale: str, max_users: int | No
     click.echo(f"{model_name}: test AUC {run['test']['auc']:.4f}, log loss {run['test']['logloss']:.4f} "
                f"(valid AUC {run['valid']['auc']:.4f}, best epoch {run['best_epoch']}/{epochs}, "
                f"{run['seconds']:.0f}s on {run['device']}) -> {path / 'train.json'}")
+    floors = ", ".join(f"{name} {h['auc']:.4f}" for name, h in heuristics.items())
+    click.echo(f"training-free floors (test AUC): {floors}"
+               + ("" if beats else f"\nflag: {model_name} does not beat the best floor ({best})"))
