@@ -22,6 +22,7 @@ refresh, not by the request.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from rankers.inputs import Candidates, HistoryBatch
 from rankers.layers import RankingModel
 from rankers.models import (
     BaseConfig,
+    DinConfig,
     HstuConfig,
     LaserConfig,
     LlatteConfig,
@@ -85,7 +87,9 @@ def analytic_flops(name: str, config: ModelConfig, seq_len: int | None = None) -
         assert isinstance(config, LaserConfig)
         return float(sum(laser_flops_terms(config, n).values()))
     if name == "din":
-        return float(target_attention_flops(n, d))
+        assert isinstance(config, DinConfig)
+        return float(sum(din_flops_split(config, n).history.values())
+                     + sum(v for k, v in din_flops_split(config, n).per_candidate.items() if k != "unit_target"))
     if name == "base":
         assert isinstance(config, BaseConfig)
         k = min(n, config.short_len)
@@ -93,7 +97,8 @@ def analytic_flops(name: str, config: ModelConfig, seq_len: int | None = None) -
     if name == "twin":
         assert isinstance(config, TwinConfig)
         k = min(n, config.top_k)
-        return float(n * d + target_attention_flops(k, d))     # retrieval dot products + TA on top-k
+        # K of the lifelong history, GSU logits over it, values and weighted sum of the top k.
+        return float(n * d * d + n * d + k * d * d + k * d)
     if name == "transformer":
         assert isinstance(config, TransformerConfig)
         per_layer = self_attention_flops(n, d) + 2 * config.ffn_ratio * n * d * d
@@ -176,6 +181,19 @@ def _target_attention_split(n: int, d: int) -> tuple[dict[str, float], dict[str,
     return {"ta_kv_projection": 2.0 * n * d * d}, {"ta_query": float(d * d), "ta_attention": 2.0 * n * d}
 
 
+def din_flops_split(config: DinConfig, n: int) -> FlopSplit:
+    """DIN's activation unit at history length n with hidden widths a_1..a_m: the folded history block
+    of the first layer once per request (n d a_1); per candidate its target block (d a_1, like a query
+    projection, left out of the per-pair figure), the product block n d a_1, the hidden layers
+    n a_i a_{i+1}, the output n a_m and the weighted sum n d."""
+    d, widths = config.d, config.attention_hidden
+    hidden = sum(a * b for a, b in itertools.pairwise(widths))
+    return FlopSplit(history={"unit_history": float(n * d * widths[0])},
+                     per_candidate={"unit_target": float(d * widths[0]), "unit_product": float(n * d * widths[0]),
+                                    "unit_hidden": float(n * hidden), "unit_out": float(n * widths[-1]),
+                                    "weighted_sum": float(n * d)})
+
+
 def vista_flops_split(config: VistaConfig, n: int) -> FlopSplit:
     """VISTA at history length n: the refresh job summarises n events into S tokens (per round: query
     projection S d^2, K/V 2 n d^2, scores + weighted sum 2 S n d, FFN 2 r S d^2); a request projects the
@@ -226,7 +244,10 @@ def flops_split(name: str, config: ModelConfig, seq_len: int | None = None) -> F
                          per_candidate={"sta_query": float(d * dq), "sta_attention": terms["sta_attention"],
                                         "sta_ffn": terms["sta_ffn"], "gsta": terms["gsta"],
                                         "gsta_query": float(config.gsta_layers * d * d)})
-    if name in ("din", "transformer", "hstu", "base"):
+    if name == "din":
+        assert isinstance(config, DinConfig)
+        return din_flops_split(config, n)
+    if name in ("transformer", "hstu", "base"):
         k = min(n, config.short_len) if isinstance(config, BaseConfig) else n
         history, per_candidate = _target_attention_split(k, d)
         if isinstance(config, TransformerConfig):
@@ -239,9 +260,11 @@ def flops_split(name: str, config: ModelConfig, seq_len: int | None = None) -> F
     if name == "twin":
         assert isinstance(config, TwinConfig)
         k = min(n, config.top_k)
-        # The top-k set depends on the candidate, so even its K/V projections are per candidate.
-        return FlopSplit(per_candidate={"gsu_retrieval": float(n * d), "esu_query": float(d * d),
-                                        "esu_target_attention": float(target_attention_flops(k, d))})
+        # K is shared and candidate-independent; the top-k set depends on the candidate, so its values
+        # are per candidate. The ESU reuses the GSU logits of the picked events.
+        return FlopSplit(history={"gsu_key_projection": float(n * d * d)},
+                         per_candidate={"esu_query": float(d * d), "gsu_logits": float(n * d),
+                                        "esu_value_projection": float(k * d * d), "esu_weighted_sum": float(k * d)})
     if name == "vista":
         assert isinstance(config, VistaConfig)
         return vista_flops_split(config, n)

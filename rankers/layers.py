@@ -184,25 +184,50 @@ class SelfAttentionLayer(nn.Module):
         return x * mask[..., None].to(x.dtype)
 
 
+def log_buckets(x: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Non-negative values -> 0 for 0, then two buckets per doubling, capped at ``buckets - 1``."""
+    return torch.floor(2.0 * torch.log2(1.0 + x.to(torch.float32))).long().clamp(0, buckets - 1)
+
+
 class HstuLayer(nn.Module):
-    """HSTU-style layer: pointwise SiLU attention (no softmax), gated by U, residual.
+    """HSTU layer (Zhai et al. 2024, eqs. 1-3): pointwise SiLU attention (no softmax) with a relative
+    attention bias rab^{p,t}, gated by U, residual.
 
     f1 projects to U, V, Q, K (4 L d^2), attention 2 L^2 d, f2 L d^2: 5 L d^2 + 2 L^2 d per layer.
-    Attention weights are SiLU(q.k) / n_valid (bidirectional: ranking reads a finished history).
+    Attention weights are SiLU(q.k + rab_p(|i - j|) + rab_t(|t_i - t_j|)) / n_valid, per head; the biases
+    are learned per log-bucket of the position distance and of the time gap (seconds), as HSTU's
+    bucketed relative position and time biases. Bias lookups and adds are not multiply-accumulates, so
+    they add nothing to the FLOP count. Bidirectional: ranking reads a finished history.
     """
 
-    def __init__(self, d: int, heads: int) -> None:
+    def __init__(self, d: int, heads: int, position_buckets: int = 32, time_buckets: int = 64) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, d // heads
         self.f1 = nn.Linear(d, 4 * d)
         self.f2 = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
+        self.position_bias = nn.Embedding(position_buckets, heads)
+        self.time_bias = nn.Embedding(time_buckets, heads)
+        nn.init.zeros_(self.position_bias.weight)
+        nn.init.zeros_(self.time_bias.weight)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def relative_bias(self, mask: torch.Tensor, event_time_ms: torch.Tensor) -> torch.Tensor:
+        """rab [B, h, L, L] from the position distance and the time gap of every pair."""
+        n = mask.shape[1]
+        pos = torch.arange(n, device=mask.device)
+        distance = (pos[:, None] - pos[None, :]).abs()
+        gap_s = (event_time_ms[:, :, None] - event_time_ms[:, None, :]).abs().to(torch.float32) / 1000.0
+        p = self.position_bias(log_buckets(distance, self.position_bias.num_embeddings))       # [L, L, h]
+        t = self.time_bias(log_buckets(gap_s, self.time_bias.num_embeddings))                  # [B, L, L, h]
+        return (p[None] + t).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, event_time_ms: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         u, v, q, k = nn.functional.silu(self.f1(x)).split(d, dim=-1)
         split = (b, n, self.heads, self.head_dim)
         scores = torch.einsum("bihk,bjhk->bhij", q.reshape(split), k.reshape(split))
+        if event_time_ms is not None:
+            scores = scores + self.relative_bias(mask, event_time_ms)
         n_valid = mask.sum(dim=1).clamp_min(1).to(x.dtype)[:, None, None, None]
         weights = nn.functional.silu(scores) * mask[:, None, None, :].to(x.dtype) / n_valid
         attended = torch.einsum("bhij,bjhk->bihk", weights, v.reshape(split)).reshape(b, n, d)

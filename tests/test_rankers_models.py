@@ -207,7 +207,8 @@ def test_configs_share_fields_and_have_paper_settings() -> None:
         cfg = make_config(name, shared)
         assert (cfg.d, cfg.heads, cfg.max_len) == (24, 3, 77)
         paper = make_config(name, paper=True)
-        assert (paper.d, paper.max_len) == (128, 1000)
+        # TWIN's search unit reads the lifelong history (its paper's 10,000 events); the others L=1000.
+        assert (paper.d, paper.max_len) == (128, 10_000 if name == "twin" else 1000)
     laser = make_config("laser", paper=True)
     assert (laser.heads * laser.dq, laser.window, laser.gsta_layers, laser.ffn_ratio) == (32, 10, 2, 4)
 

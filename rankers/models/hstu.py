@@ -1,4 +1,10 @@
-"""HSTU-style baseline: pointwise SiLU attention layers over the whole history, then target attention."""
+"""HSTU-style baseline: pointwise SiLU attention layers with relative position and time bias over the
+whole history, then target attention with the candidate as the query.
+
+Simplifications against HSTU (Zhai et al. 2024): the candidate is scored by a target attention over the
+encoded history rather than appended to the sequence as HSTU's causal ranking does; the layer is
+bidirectional; one layer by default; rab buckets are log-spaced (positions and seconds).
+"""
 
 from __future__ import annotations
 
