@@ -344,7 +344,9 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
     grid = parse_grid(lr_grid)
     check_device(device)
     set_threads(threads)
-    if jobs > 1 and device != "cpu":
+    from rankers.training import resolve_device
+
+    if jobs > 1 and resolve_device(device).type != "cpu":
         raise click.BadParameter("parallel trainings share one device badly; use --jobs 1 with a GPU, or --device cpu",
                                  param_hint="--jobs")
     items = item_bucket_overrides(item_buckets, workload)
