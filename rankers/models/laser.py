@@ -3,6 +3,16 @@
 The history of length L is left-padded to a multiple of w so the newest segment is always full and
 ``segments[-r:]`` are the newest r. STA keys/values (``H W_k``, ``H W_v``) are candidate-independent and
 computed once per request in ``encode_history``; everything after depends on the candidate.
+
+Choices where the paper is silent or loose (tests/test_laser_equations.py pins each):
+- STA is multi-head: h heads, each with its own dq-wide query/key slice (d_q = h * dq of eq. 13) gating
+  its own d/h slice of V; the paper writes one head. gamma (unspecified) defaults to sqrt(dq).
+- GSTA (eq. 7) is multi-head target attention scaled by sqrt(d/h), without an output projection.
+- A history that is not a multiple of w is left-padded, so only the oldest segment is partial;
+  all-padding segments are zeroed and masked out of GSTA and the max-pool (the paper has no padding).
+- Fusion's "s_1..s_r" is read as the newest r segments, oldest to newest, zero-filled at the front
+  when there are fewer; the head is an MLP on [z, t, z*t, max-pool, recent], not RankMixer.
+- The FFN of eq. 6 is Linear(d, r d) -> GELU -> Linear(r d, d).
 """
 
 from __future__ import annotations
