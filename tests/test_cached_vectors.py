@@ -200,6 +200,7 @@ def test_cached_arm_serves_the_stored_summary_and_newest_events(workload, tmp_pa
     assert live["ops"] == 500 and live["staleness_events"] is not None
     width = run["refresh"]["layout"]["entry_bytes"]
     assert run["wire"]["vector_bytes_per_request"] == width
+    assert run["requests_without_cached_vector"] == 0          # every loaded user was summarised first
     assert run["stored"]["vectors"]["dim"] == 4 * 128
     assert run["flops"]["per_request_macs"] > 0 and run["flops"]["refresh_macs"] > run["flops"]["history_macs"]
 

@@ -306,6 +306,8 @@ def run_arm(wl: WorkloadLike, store: str, model: str, cfg: E2EConfig, reads: tup
     ranker_info = ranker.describe()
     run = {
         "store": store, "model": model, "arm": label, "events_per_request": n_events, "cached": cached,
+        # Measured requests of users with no cached summary yet: scored against zeros (a cold start).
+        "requests_without_cached_vector": int((result.vector_bytes == 0).sum()) if cached else None,
         "device": ranker_info["device"], "seq_len": n_events, "history_len": cfg.seq_len if cached else n_events,
         "store_max_len": keep,
         "candidates": cfg.candidates, "top_k": cfg.top_k, "rate_per_s": cfg.rate,
