@@ -60,6 +60,11 @@ def test_store_vectors_round_trip_keep_the_newest_version_and_survive_reopen(sto
         assert s.put_vectors(users[4:6], np.array([6, 9], np.uint64), second[4:6]) == 2
         # Within one call, the highest version of a user wins whatever the order.
         assert s.put_vectors(np.array([30, 30, 30], np.uint64), np.array([2, 7, 1], np.uint64), second[6:9]) == 1
+        again = s.open_vectors(DIM, dtype)                   # idempotent for the same layout
+        assert {k: again[k] for k in ("dim", "dtype", "entry_bytes")} == {
+            k: layout[k] for k in ("dim", "dtype", "entry_bytes")}
+        with pytest.raises(Exception, match="dim"):          # the same table, never another layout
+            s.open_vectors(DIM + 1, dtype)
         s.flush()
     with open_store(store, path, workload.schema, max_len=50) as s:
         s.open_vectors(DIM, dtype)

@@ -194,9 +194,15 @@ class RocksStoreBase(Store):
         if dtype not in VECTOR_DTYPES or dim < 1:
             raise StoreError(f"cached vectors need dim >= 1 and a dtype in {', '.join(VECTOR_DTYPES)}; "
                              f"got dim={dim}, dtype={dtype!r}")
+        current = getattr(self, "_vectors", None)
+        if current is not None:   # idempotent for the same layout; one lock for the store's lifetime
+            if (current["dim"], current["dtype"]) != (int(dim), dtype):
+                raise StoreError(f"store {self.name!r} keeps cached vectors of dim={current['dim']}, "
+                                 f"dtype={current['dtype']}; cannot reopen them as dim={dim}, dtype={dtype!r}")
+            return {k: current[k] for k in ("dim", "dtype", "entry_bytes")}
+        self._vector_lock = threading.Lock()
         self._vectors = {"dim": int(dim), "dtype": dtype, "entry_bytes": entry_bytes(dim, dtype), "puts": 0,
                          "applied": 0, "new_users": 0}
-        self._vector_lock = threading.Lock()
         return {k: self._vectors[k] for k in ("dim", "dtype", "entry_bytes")}
 
     def _vector_layout(self) -> dict[str, Any]:
