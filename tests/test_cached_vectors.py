@@ -87,6 +87,8 @@ def test_stores_without_vectors_say_which_do(workload, tmp_path: Path) -> None:
         assert not s.keeps_vectors
         with pytest.raises(StoreError, match="seqvault, rocksdb_lastn, rocksdb_packed"):
             s.open_vectors(DIM, "fp16")
+        with pytest.raises(StoreError, match="does not keep cached vectors"):   # not "call open_vectors"
+            s.get_vector_entries(np.array([1], np.uint64))
     with open_store("rocksdb_packed", str(tmp_path / "r"), workload.schema, max_len=10) as s:
         with pytest.raises(StoreError, match="open_vectors first"):
             s.put_vectors(np.array([1], np.uint64), np.array([1], np.uint64), vectors(1, 0))

@@ -107,11 +107,17 @@ class Store(ABC):
     def put_vectors(self, user_ids: np.ndarray, versions: np.ndarray, vectors: np.ndarray) -> int:
         """Store each user's vector unless a newer version (more events covered) is there; returns how
         many were applied."""
-        raise StoreError(f"store {self.name!r} has no cached vectors: call open_vectors first")
+        raise StoreError(self._no_vectors())
 
     def get_vector_entries(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found bool[n], encoded entries uint8[n, entry_bytes]) of each user's cached vector."""
-        raise StoreError(f"store {self.name!r} has no cached vectors: call open_vectors first")
+        raise StoreError(self._no_vectors())
+
+    def _no_vectors(self) -> str:
+        if not self.keeps_vectors:
+            return (f"store {self.name!r} does not keep cached vectors; the stores that do: seqvault, "
+                    "rocksdb_lastn, rocksdb_packed")
+        return f"store {self.name!r} has no cached vectors open: call open_vectors first"
 
     def vector_stats(self) -> dict[str, Any]:
         """Users with a vector, entry bytes, bytes stored per user; empty when vectors are not open."""
