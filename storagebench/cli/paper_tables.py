@@ -334,9 +334,10 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
 
     Cost: 13 run keys x (3 rates + 2 seeds) = 65 trainings. On this project's 2-vCPU machine, with the
     default task (2,000 users of the small preset, L=256, d=32, 3 epochs) and --jobs 2, one training took
-    about 20 s for Base, 90 s for DIN and 700 s for TWIN (its search reads up to 10,000 events; --twin-len
-    lowers it); the README states the measured total of a full run. Results are saved after every
-    training, so an interrupted run continues with --resume. Writes OUT/paper_tables.json.
+    about 20 s for Base, 25 s for LASER, 90 s for DIN and 700 s for TWIN (its search reads up to 10,000
+    events; --twin-len lowers it), and the full run 72 minutes (half of it beside other work). Results
+    are saved after every training, so an interrupted run continues with --resume. Writes
+    OUT/paper_tables.json.
     """
     global _TASK
     wanted = {t.strip() for t in tables.split(",") if t.strip()}
