@@ -39,14 +39,18 @@ class RankingModel(nn.Module):
         raise NotImplementedError
 
 
+def log_buckets(x: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Non-negative values -> 0 for 0, then two buckets per doubling, capped at ``buckets - 1``."""
+    return torch.floor(2.0 * torch.log2(1.0 + x.to(torch.float32))).long().clamp(0, buckets - 1)
+
+
 def recency_buckets(event_time_ms: torch.Tensor, request_time_ms: torch.Tensor, buckets: int) -> torch.Tensor:
     """Log-bucketed age of each event at request time: two buckets per doubling of seconds, 0 = padding.
 
     Events after the request (clock skew) count as age 0 rather than failing.
     """
     age_s = (request_time_ms[:, None] - event_time_ms).clamp_min(0).to(torch.float32) / 1000.0
-    bucket = 1 + torch.floor(2.0 * torch.log2(1.0 + age_s)).long()
-    return bucket.clamp(1, buckets - 1)
+    return 1 + log_buckets(age_s, buckets - 1)
 
 
 class FeatureEmbedding(nn.Module):
@@ -182,11 +186,6 @@ class SelfAttentionLayer(nn.Module):
         if self.ffn is not None:
             x = self.ffn_norm(x + self.ffn(x))
         return x * mask[..., None].to(x.dtype)
-
-
-def log_buckets(x: torch.Tensor, buckets: int) -> torch.Tensor:
-    """Non-negative values -> 0 for 0, then two buckets per doubling, capped at ``buckets - 1``."""
-    return torch.floor(2.0 * torch.log2(1.0 + x.to(torch.float32))).long().clamp(0, buckets - 1)
 
 
 class HstuLayer(nn.Module):
