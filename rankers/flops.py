@@ -88,8 +88,8 @@ def analytic_flops(name: str, config: ModelConfig, seq_len: int | None = None) -
         return float(sum(laser_flops_terms(config, n).values()))
     if name == "din":
         assert isinstance(config, DinConfig)
-        return float(sum(din_flops_split(config, n).history.values())
-                     + sum(v for k, v in din_flops_split(config, n).per_candidate.items() if k != "unit_target"))
+        split = din_flops_split(config, n)   # the per-pair figure leaves out the query-like target block
+        return float(sum(split.history.values()) + sum(v for k, v in split.per_candidate.items() if k != "unit_target"))
     if name == "base":
         assert isinstance(config, BaseConfig)
         k = min(n, config.short_len)
