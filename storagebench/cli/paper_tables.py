@@ -33,6 +33,7 @@ from storagebench.cli.train import (
     set_threads,
     task_options,
     train_one,
+    window_ms,
 )
 
 # The paper's figures (Xiaohongshu Ads, L=1000, d=128): AUC, AUC gain in points, FLOPs.
@@ -352,10 +353,9 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
         raise click.BadParameter("parallel trainings share one device badly; use --jobs 1 with a GPU, or --device cpu",
                                  param_hint="--jobs")
     items = item_bucket_overrides(item_buckets, workload)
-    window_ms = None if negative_window_min <= 0 else int(negative_window_min * 60_000)
     setting = {"source": workload or f"preset:{scale}", "max_users": max_users,
                "requests_per_user": requests_per_user, "negatives": negatives, "negatives_from": negatives_from,
-               "negative_window_ms": window_ms, "item_buckets": items.get("item_buckets"), "seed": seed,
+               "negative_window_ms": window_ms(negative_window_min), "item_buckets": items.get("item_buckets"), "seed": seed,
                "batch_size": batch_size, "lr_grid": grid, "seeds": seeds, "d": d, "seq_len": seq_len,
                "twin_len": twin_len, "epochs": epochs}
     path = Path(out) / "paper_tables.json"
@@ -369,7 +369,7 @@ def paper_tables(workload: str | None, scale: str, max_users: int | None, reques
             click.echo(f"not resuming: {path} was made with other settings", err=True)
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed,
-                        negatives_from=negatives_from, negative_window_ms=window_ms)
+                        negatives_from=negatives_from, negative_window_min=negative_window_min)
     n_pos = int(splits.test.labels.sum())
     n_neg = int(splits.test.labels.size) - n_pos
     heuristics = score_heuristics(splits)

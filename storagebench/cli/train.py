@@ -48,9 +48,14 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def window_ms(minutes: float) -> int | None:
+    """``--negative-window-min`` as the task's window in ms (0: no window)."""
+    return None if minutes <= 0 else int(minutes * 60_000)
+
+
 def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int | None,
                requests_per_user: int, negatives: int, seed: int,
-               negatives_from: str = "exposures", negative_window_ms: int | None = 30 * 60_000) -> CTRSplits:
+               negatives_from: str = "exposures", negative_window_min: float = 30.0) -> CTRSplits:
     """Load or generate the workload and build its CTR task (announced on the terminal)."""
     from storagebench.ctr import ctr_task_from_workload, load_workload
 
@@ -58,7 +63,7 @@ def build_task(workload: str | None, scale: str, *, seq_len: int, max_users: int
     click.echo(f"building the CTR task from {source} ...", err=True)
     wl = load_workload(workload, scale, seed)
     cfg = CTRTaskConfig(max_len=seq_len, requests_per_user=requests_per_user, negatives=negatives, seed=seed,
-                        negatives_from=negatives_from, negative_window_ms=negative_window_ms)
+                        negatives_from=negatives_from, negative_window_ms=window_ms(negative_window_min))
     splits = ctr_task_from_workload(wl, cfg, max_users=max_users)
     d = splits.describe()
     click.echo(f"requests train/valid/test = {d['requests']['train']}/{d['requests']['valid']}/"
@@ -191,8 +196,7 @@ def train(model_name: str, workload: str | None, scale: str, max_users: int | No
     overrides = {"d": d, **item_bucket_overrides(item_buckets, workload), **parse_overrides(sets)}
     splits = build_task(workload, scale, seq_len=seq_len, max_users=max_users,
                         requests_per_user=requests_per_user, negatives=negatives, seed=seed,
-                        negatives_from=negatives_from,
-                        negative_window_ms=None if negative_window_min <= 0 else int(negative_window_min * 60_000))
+                        negatives_from=negatives_from, negative_window_min=negative_window_min)
     from storagebench.cli.paper_tables import score_heuristics
 
     heuristics = score_heuristics(splits)
