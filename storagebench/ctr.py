@@ -106,19 +106,15 @@ class CTRSplits:
 def candidate_bounds(splits: CTRSplits) -> dict:
     """How far each negative lies from its request, and how many cross into another split's period."""
     gaps, crossing = [], 0
-    ends = {"train": splits.valid_start_ms, "valid": splits.test_start_ms, "test": None}
-    starts = {"train": None, "valid": splits.valid_start_ms, "test": splits.test_start_ms}
-    for name in ("train", "valid", "test"):
+    periods = split_periods(splits.valid_start_ms, splits.test_start_ms)
+    for name, (lo, hi) in zip(("train", "valid", "test"), periods, strict=True):
         data: CTRArrays = getattr(splits, name)
         if data.cand_time_ms is None or not len(data):
             continue
         neg_t = data.cand_time_ms[data.labels == 0]
         req_t = np.broadcast_to(data.request_time_ms[:, None], data.labels.shape)[data.labels == 0]
         gaps.append(neg_t - req_t)
-        if ends[name] is not None:
-            crossing += int(np.sum(data.cand_time_ms >= ends[name]))
-        if starts[name] is not None:
-            crossing += int(np.sum(data.cand_time_ms < starts[name]))
+        crossing += int(np.sum((data.cand_time_ms < lo) | (data.cand_time_ms >= hi)))
     gap = np.abs(np.concatenate(gaps)) if gaps else np.zeros(0)
     quantiles = np.percentile(gap, [50, 90, 100]) / 1000 if len(gap) else [float("nan")] * 3
     return {"window_ms": splits.config.negative_window_ms, "negative_gap_s_p50": float(quantiles[0]),
@@ -166,8 +162,8 @@ def build_ctr_task(user_ids: np.ndarray, columns: Mapping[str, np.ndarray],
     t_req = ts[pos_events[:, 0]] if len(pos_events) else np.zeros(0, dtype=np.int64)
     valid_start, test_start = _split_starts(t_req, cfg)
     split_of = np.searchsorted(np.array([valid_start, test_start]), t_req, side="right")  # 0 / 1 / 2
-    period_lo = np.array([np.iinfo(np.int64).min, valid_start, test_start])[split_of]
-    period_hi = np.array([valid_start, test_start, np.iinfo(np.int64).max])[split_of]       # exclusive
+    period_lo, period_hi = (np.array(bound)[split_of] for bound in zip(*split_periods(valid_start, test_start),
+                                                                         strict=True))   # [lo, hi)
     window = cfg.negative_window_ms
     hi = period_hi if window is None else np.minimum(period_hi, t_req + window + 1)          # exclusive
     lo = period_lo if window is None else np.maximum(period_lo, t_req - window)
@@ -319,6 +315,12 @@ def _exposure_negatives(impressions: np.ndarray, users: np.ndarray, ts: np.ndarr
     ok &= ~(item_ids[neg][:, :, None] == item_ids[pos_events][:, None, :]).any(axis=(1, 2))
     keep = np.flatnonzero(ok)
     return neg[keep], keep
+
+
+def split_periods(valid_start_ms: int, test_start_ms: int) -> list[tuple[int, int]]:
+    """[start, end) of the train, valid and test periods (int64 extremes where unbounded)."""
+    lowest, highest = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+    return [(lowest, valid_start_ms), (valid_start_ms, test_start_ms), (test_start_ms, highest)]
 
 
 def _split_starts(request_time_ms: np.ndarray, cfg: CTRTaskConfig) -> tuple[int, int]:
